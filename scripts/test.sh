@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up .venv with every extra (torch installs from this machine's disk), lint, run the default suite.
+# Extra pytest arguments pass through, e.g. `scripts/test.sh -m slow` or `scripts/test.sh tests/test_blocks.py`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/ruff check .
+.venv/bin/ruff format --check . || echo "note: ruff format would reformat files (not enforced)"
+if [ "$#" -eq 0 ]; then set -- -m "not slow and not docker"; fi
+exec .venv/bin/python -m pytest -ra "$@"

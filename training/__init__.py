@@ -1,0 +1,1 @@
+"""Striate training side: blocks, architectures, data, training, export, analysis (needs torch)."""

@@ -1,0 +1,6 @@
+"""Architectures and backbones. Importing this package registers every builder."""
+
+from .base import ClassifierHead, StriateModel
+from .registry import create_model, list_models, model_entry, register_model
+
+__all__ = ["ClassifierHead", "StriateModel", "create_model", "list_models", "model_entry", "register_model"]
