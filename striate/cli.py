@@ -52,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as exc:
         extra = "service" if module_name.startswith("service") else "training"
         print(
-            f"striate: error: `striate {name}` needs the '{extra}' extra "
-            f"(pip install 'striate[{extra}]'): {exc}",
+            f"striate: error: `striate {name}` needs the '{extra}' extra (pip install 'striate[{extra}]'): {exc}",
             file=sys.stderr,
         )
         return 2

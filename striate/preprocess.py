@@ -86,8 +86,8 @@ def _center_crop(img: Image.Image, height: int, width: int) -> Image.Image:
         padded = Image.new(img.mode, (max(width, img_w), max(height, img_h)))
         padded.paste(img, ((padded.width - img_w) // 2, (padded.height - img_h) // 2))
         img, (img_w, img_h) = padded, padded.size
-    top = int(round((img_h - height) / 2.0))
-    left = int(round((img_w - width) / 2.0))
+    top = round((img_h - height) / 2.0)
+    left = round((img_w - width) / 2.0)
     return img.crop((left, top, left + width, top + height))
 
 
