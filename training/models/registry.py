@@ -64,7 +64,13 @@ def model_entry(name: str) -> ModelEntry:
 
 def create_model(name: str, **kwargs: Any) -> StriateModel:
     """Build a registered model. Common kwargs: num_classes, in_chans, input_size."""
-    model = model_entry(name).builder(**kwargs)
+    builder = model_entry(name).builder
+    try:
+        model = builder(**kwargs)
+    except TypeError as exc:
+        if "argument" not in str(exc):
+            raise
+        raise StriateError(f"architecture {name!r} does not take these arguments: {exc}") from None
     model.arch_name = name
     model.arch_kwargs = dict(kwargs)
     return model
