@@ -81,11 +81,18 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         torch.save(ckpt.to_dict(), tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
