@@ -70,7 +70,11 @@ class Checkpoint:
 
 
 def current_versions() -> dict[str, str]:
-    return {"striate": striate.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
+    return {
+        "striate": striate.__version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+    }
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> Path:
