@@ -22,6 +22,10 @@ _RESAMPLE = {
 
 DEFAULT_MAX_PIXELS = 40_000_000
 
+# `decode_image` enforces its own pixel limit before decoding; Pillow's warning (process-wide, and
+# `warnings.catch_warnings` is not thread-safe) would only add noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 
 class ImageDecodeError(ValueError):
     """The bytes are not an image we can use; the message says why (safe to show a client)."""
@@ -36,24 +40,22 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     if not data:
         raise ImageDecodeError("empty image body")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(
-                    f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
-                )
-            img.load()
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size  # read from the header: nothing is decoded yet
+        if width * height > max_pixels:
+            raise ImageDecodeError(
+                f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+            )
+        img.load()
+        return ImageOps.exif_transpose(img)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
         raise ImageDecodeError("not a recognised image format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"image too large: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError) as exc:  # truncated/corrupt data or EXIF
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
-    return ImageOps.exif_transpose(img)
 
 
 def to_color_mode(img: Image.Image, color_mode: str) -> Image.Image:

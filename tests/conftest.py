@@ -16,3 +16,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+# Fixtures for the service tests (bundles, a real uvicorn server on loopback).
+pytest_plugins = ["service_fixtures"]

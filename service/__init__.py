@@ -1,0 +1,1 @@
+"""The Striate inference service: FastAPI on onnxruntime. Nothing here imports torch."""

@@ -1,0 +1,58 @@
+"""`striate serve`: the model repository over HTTP (one uvicorn worker; scale with replicas)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="bind address (default: STRIATE_HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: STRIATE_PORT or 8000)")
+    parser.add_argument("--model-dir", type=Path, help="model repository (default: STRIATE_MODEL_DIR or exported/)")
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], help="default: STRIATE_DEVICE or cpu")
+    parser.add_argument("--api-key", help="require this key on every route but health (or STRIATE_API_KEY)")
+    parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from service.app import create_app
+    from service.runtime import providers_for
+    from service.settings import Settings
+    from striate.errors import StriateError
+
+    overrides = {
+        key: value
+        for key, value in {
+            "host": args.host,
+            "port": args.port,
+            "model_dir": args.model_dir,
+            "device": args.device,
+            "api_key": args.api_key,
+            "log_level": args.log_level,
+        }.items()
+        if value is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise StriateError(f"bad setting: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+    if not Path(settings.model_dir).is_dir():
+        raise StriateError(f"model dir {settings.model_dir} does not exist (set --model-dir or STRIATE_MODEL_DIR)")
+    providers_for(settings.device)  # refuse "cuda" up front when onnxruntime has no CUDA provider
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        workers=1,
+        access_log=settings.log_level == "debug",
+    )
+    return 0

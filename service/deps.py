@@ -1,0 +1,70 @@
+"""FastAPI dependencies as `Annotated` aliases: a route's signature says what it needs.
+
+All are `async def`: they do no blocking work, and FastAPI would run plain `def` dependencies in
+a worker thread (a thread round trip per dependency per request).
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.errors import Unauthorized
+from service.images import Upload, read_uploads
+from service.inference import Inference
+from service.repository import LoadedModel, Repository
+from service.settings import Settings
+
+
+async def app_settings(request: Request) -> Settings:
+    """The settings `create_app` was given (by default `get_settings()`, from the environment)."""
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(app_settings)]
+
+
+async def get_repository(request: Request) -> Repository:
+    return request.app.state.repository
+
+
+async def get_inference(request: Request) -> Inference:
+    return request.app.state.inference
+
+
+RepositoryDep = Annotated[Repository, Depends(get_repository)]
+InferenceDep = Annotated[Inference, Depends(get_inference)]
+
+
+async def get_model(name: str, repository: RepositoryDep, version: str | None = None) -> LoadedModel:
+    return repository.get(name, version)
+
+
+ModelDep = Annotated[LoadedModel, Depends(get_model)]
+
+
+async def get_uploads(request: Request, settings: SettingsDep) -> list[Upload]:
+    return await read_uploads(request, settings)
+
+
+UploadsDep = Annotated[list[Upload], Depends(get_uploads)]
+
+
+async def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """With `STRIATE_API_KEY` set: `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+    if not settings.api_key:
+        return
+    given = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization", "")
+    if given is None and auth[:7].lower() == "bearer ":
+        given = auth[7:].strip()
+    if given is None or not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+        raise Unauthorized(
+            "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+ApiKey = Depends(require_api_key)

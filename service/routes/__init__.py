@@ -1,0 +1,1 @@
+"""One APIRouter per resource; routes only parse, call a service function and shape the answer."""

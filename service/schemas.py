@@ -1,0 +1,143 @@
+"""Response shapes of the v1 API (they document the OpenAPI schema too)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ClassScore(BaseModel):
+    label: str
+    index: int
+    probability: float
+
+
+class Prediction(ClassScore):
+    top_k: list[ClassScore] = Field(description="the k most probable classes, best first")
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    version: int
+    results: list[Prediction]
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "model": "digits",
+                    "version": 1,
+                    "results": [
+                        {
+                            "label": "3",
+                            "index": 3,
+                            "probability": 0.97,
+                            "top_k": [
+                                {"label": "3", "index": 3, "probability": 0.97},
+                                {"label": "8", "index": 8, "probability": 0.02},
+                            ],
+                        }
+                    ],
+                }
+            ]
+        }
+    }
+
+
+class FeaturesResponse(BaseModel):
+    model: str
+    version: int
+    layer: str
+    dim: int
+    features: list[list[float]] = Field(description="[N, dim], one row per image, in request order")
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [{"model": "digits", "version": 1, "layer": "embedding", "dim": 4,
+                          "features": [[0.0, 1.25, 0.5, 3.0]]}]
+        }
+    }
+
+
+class Explanation(BaseModel):
+    prediction: Prediction
+    target: ClassScore = Field(description="the class explained (the predicted one unless asked)")
+    cam: list[list[float]] = Field(description="Grad-CAM map at feature resolution, in [0, 1]")
+
+
+class ExplainResponse(BaseModel):
+    model: str
+    version: int
+    method: str
+    target_layer: str
+    results: list[Explanation]
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "model": "digits", "version": 1, "method": "gradcam", "target_layer": "layer2",
+                    "results": [
+                        {
+                            "prediction": {"label": "3", "index": 3, "probability": 0.97,
+                                           "top_k": [{"label": "3", "index": 3, "probability": 0.97}]},
+                            "target": {"label": "3", "index": 3, "probability": 0.97},
+                            "cam": [[0.0, 0.2], [0.7, 1.0]],
+                        }
+                    ],
+                }
+            ]
+        }
+    }
+
+
+class ActivationsResponse(BaseModel):
+    model: str
+    version: int
+    layer: str
+    shape: list[int] = Field(description="[N, C, h, w]")
+    predictions: list[Prediction]
+    maps: list[list[list[list[float]]]]
+
+
+class LayerInfo(BaseModel):
+    name: str
+    dim: int
+    map_shape: list[int] | None = None
+
+
+class ModelVersion(BaseModel):
+    name: str
+    version: int
+    latest: bool
+    architecture: str
+    provider: str
+    labels: list[str]
+    input: dict
+    preprocessing: dict
+    layers: list[LayerInfo]
+    explain: dict | None
+    metrics: dict[str, float]
+    provenance: dict
+
+
+class BrokenModel(BaseModel):
+    name: str
+    version: str
+    error: str
+
+
+class ModelSummary(BaseModel):
+    name: str
+    versions: list[int]
+    latest: int
+    labels: int
+    architecture: str
+
+
+class ModelList(BaseModel):
+    models: list[ModelSummary]
+    broken: list[BrokenModel]
+
+
+class ModelDetail(ModelVersion):
+    versions: list[int]

@@ -1,0 +1,43 @@
+"""Service settings, from the environment (prefix `STRIATE_`); every default stated once, here."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_model_dir() -> Path:
+    """The repository's `exported/` (editable install, source tree) or `./exported` (installed, Docker)."""
+    beside_package = Path(__file__).resolve().parents[1] / "exported"
+    return beside_package if beside_package.is_dir() else Path.cwd() / "exported"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STRIATE_", protected_namespaces=())
+
+    model_dir: Path = Field(default_factory=_default_model_dir, description="the model repository")
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    max_batch_size: int = Field(32, ge=1, description="most images merged into one onnxruntime call")
+    max_batch_delay_ms: float = Field(
+        5.0, ge=0, description="longest wait for more requests while others are on their way"
+    )
+    max_queue: int = Field(256, ge=1, description="images waiting per graph before 503")
+    intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: its default)")
+    inter_op_threads: int = Field(0, ge=0, description="onnxruntime inter-op threads (0: its default)")
+    preprocess_threads: int = Field(4, ge=1, description="threads decoding and preprocessing images")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body")
+    max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (width x height)")
+    max_images: int = Field(256, ge=1, description="most images in one request")
+    api_key: str | None = Field(None, description="when set, every route but health needs it")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

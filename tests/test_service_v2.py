@@ -1,0 +1,137 @@
+"""Open Inference Protocol (KServe v2) with stock tritonclient.http, binary and JSON tensors."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.http as tritonhttp
+from service_fixtures import served_models
+
+from striate.manifest import Manifest
+
+
+@pytest.fixture
+def triton(server):
+    c = tritonhttp.InferenceServerClient(server[len("http://") :])
+    yield c
+    c.close()
+
+
+def _direct(model_dir, name: str, x, outputs: list[str], graph: str = "model.onnx", version=None, **feeds):
+    versions = sorted(int(p.name) for p in (model_dir / name).iterdir() if p.name.isdigit())
+    path = model_dir / name / str(version or versions[-1]) / graph
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(outputs, {"image": x, **feeds})
+
+
+def _images(name: str, model_dir, n: int = 3) -> np.ndarray:
+    versions = sorted(int(p.name) for p in (model_dir / name).iterdir() if p.name.isdigit())
+    spec = Manifest.load(model_dir / name / str(versions[-1])).input
+    return np.random.default_rng(0).standard_normal((n, spec.channels, spec.height, spec.width)).astype(np.float32)
+
+
+def test_server_and_model_endpoints(triton, server):
+    assert triton.is_server_live() and triton.is_server_ready()
+    meta = triton.get_server_metadata()
+    assert "binary_tensor_data" in meta["extensions"]
+    assert triton.is_model_ready("tiny") and triton.is_model_ready("tiny", "1")
+    assert not triton.is_model_ready("nope") and not triton.is_model_ready("tiny", "3")
+    md = triton.get_model_metadata("tiny", "1")
+    assert md["versions"] == ["1", "2"]
+    assert md["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
+    assert {o["name"] for o in md["outputs"]} >= {"logits", "embedding", "s1_map", "cam"}
+    config = triton.get_model_config("tiny")
+    assert config["max_batch_size"] >= 1 and config["input"][0]["dims"] == [1, 8, 8]
+    assert httpx.get(f"{server}/v2/models/tiny/versions/2/ready").status_code == 200
+
+
+@pytest.mark.parametrize("name", served_models())
+def test_infer_binary_defaults_match_onnxruntime(triton, model_dir, name):
+    x = _images(name, model_dir)
+    inp = tritonhttp.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)  # binary by default, as are the outputs
+    result = triton.infer(name, [inp])
+    logits, embedding = _direct(model_dir, name, x, ["logits", "embedding"])
+    np.testing.assert_allclose(result.as_numpy("logits"), logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(result.as_numpy("embedding"), embedding, rtol=1e-5, atol=1e-5)
+    assert result.get_response()["model_name"] == name
+
+
+def test_infer_json_tensors_and_chosen_outputs(triton, model_dir):
+    x = _images("tiny", model_dir, 2)
+    inp = tritonhttp.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=False)
+    outs = [tritonhttp.InferRequestedOutput("s2_map", binary_data=False), tritonhttp.InferRequestedOutput("logits")]
+    result = triton.infer("tiny", [inp], model_version="1", outputs=outs, request_id="abc")
+    response = result.get_response()
+    assert response["id"] == "abc" and response["model_version"] == "1"
+    assert [o["name"] for o in response["outputs"]] == ["s2_map", "logits"]
+    assert "data" in response["outputs"][0] and "binary_data_size" in response["outputs"][1]["parameters"]
+    s2_map, logits = _direct(model_dir, "tiny", x, ["s2_map", "logits"], version=1)
+    np.testing.assert_allclose(result.as_numpy("s2_map"), s2_map, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.as_numpy("logits"), logits, rtol=1e-5, atol=1e-6)
+
+
+def test_infer_cam_with_target(triton, model_dir):
+    x = _images("tiny", model_dir, 2)
+    inp = tritonhttp.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    target = tritonhttp.InferInput("target", [2], "INT64")
+    target.set_data_from_numpy(np.array([3, -1], dtype=np.int64))
+    outs = [tritonhttp.InferRequestedOutput("cam"), tritonhttp.InferRequestedOutput("embedding")]
+    result = triton.infer("tiny", [inp, target], outputs=outs)
+    _logits, cam = _direct(
+        model_dir, "tiny", x, ["logits", "cam"], graph="explain.onnx", target=np.array([3, -1], dtype=np.int64)
+    )
+    np.testing.assert_allclose(result.as_numpy("cam"), cam, rtol=1e-5, atol=1e-6)
+    assert result.as_numpy("embedding").shape == (2, 16)
+
+
+def test_plain_json_over_httpx(server, model_dir):
+    x = _images("tiny", model_dir, 1)
+    body = {
+        "inputs": [{"name": "image", "datatype": "FP32", "shape": list(x.shape), "data": x.tolist()}],
+        "outputs": [{"name": "logits"}],
+    }
+    r = httpx.post(f"{server}/v2/models/tiny/infer", json=body)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    out = r.json()["outputs"][0]
+    assert out["shape"] == [1, 10] and out["datatype"] == "FP32"
+    np.testing.assert_allclose(
+        np.array(out["data"]).reshape(1, 10), _direct(model_dir, "tiny", x, ["logits"])[0], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_gzip_request_body(triton, model_dir):
+    x = _images("tiny", model_dir, 2)
+    inp = tritonhttp.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = triton.infer("tiny", [inp], request_compression_algorithm="gzip")
+    np.testing.assert_allclose(result.as_numpy("logits"), _direct(model_dir, "tiny", x, ["logits"])[0], rtol=1e-5)
+
+
+def test_encoded_images_as_bytes_are_preprocessed_by_the_server(triton, server, model_dir):
+    """BYTES inputs carry JPEG/PNG files: the server applies the manifest, as for v1 (Triton can't)."""
+    import base64
+
+    from service_fixtures import digits_png_bytes
+
+    from striate.preprocess import decode_image, preprocess
+
+    pngs = [digits_png_bytes(i) for i in (1, 2)]
+    inp = tritonhttp.InferInput("image", [2], "BYTES")
+    inp.set_data_from_numpy(np.array(pngs, dtype=object))
+    result = triton.infer("tiny", [inp], outputs=[tritonhttp.InferRequestedOutput("logits")])
+    spec = Manifest.load(model_dir / "tiny" / "2").preprocessing
+    x = np.stack([preprocess(decode_image(p), spec) for p in pngs])
+    np.testing.assert_allclose(result.as_numpy("logits"), _direct(model_dir, "tiny", x, ["logits"])[0], rtol=1e-5)
+    body = {
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(pngs[0]).decode()]}]
+    }
+    r = httpx.post(f"{server}/v2/models/tiny/infer", json=body)
+    assert r.status_code == 200
+    bad = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(b"xx").decode()]}]}
+    r = httpx.post(f"{server}/v2/models/tiny/infer", json=bad)
+    assert r.status_code == 400 and "not a recognised image" in r.json()["error"]
