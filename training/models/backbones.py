@@ -226,8 +226,6 @@ def _native_model(spec: BackboneSpec, weights: str | None) -> tuple[nn.Module, s
         # Always the pretrained layout (input transform on): the architecture must not depend on
         # whether weights were loaded, since a checkpoint rebuilds it without them.
         builder_kwargs.update(aux_logits=True, transform_input=True, init_weights=True)
-    if spec.native == "inception_v3":
-        builder_kwargs.update(aux_logits=True, transform_input=True, init_weights=True)
     model = torchvision.models.get_model(spec.native, weights=None, **builder_kwargs)
     enum_name = None
     if weights is not None:
