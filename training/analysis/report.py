@@ -1,0 +1,214 @@
+"""The training report of a run directory: loss/accuracy curves, confusion matrix, report.html.
+
+Reads `history.json` (one dict per epoch: epoch, train_loss, train_acc, val_loss, val_acc, lr,
+seconds) and `metrics.json` (labels, accuracy, precision, recall, confusion, split), plus the run
+config from `config.json` or, failing that, from `best.pt` / `last.pt`. A missing or unreadable
+file is reported in the HTML (and skipped), never fatal; only a missing run directory is an error.
+The HTML is static: it links the PNGs next to it, no JavaScript.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from striate.errors import StriateError
+
+from .plots import new_figure, save_figure
+
+CURVES_PNG = "curves.png"
+CONFUSION_PNG = "confusion.png"
+REPORT_HTML = "report.html"
+
+
+def _read_json(path: Path, notes: list[str]) -> Any | None:
+    if not path.is_file():
+        notes.append(f"{path.name} not found in {path.parent}: its part of the report is skipped.")
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        notes.append(f"{path.name} could not be read ({exc}): its part of the report is skipped.")
+        return None
+
+
+def _series(history: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) for the epochs where `key` holds a finite number."""
+    xs, ys = [], []
+    for i, row in enumerate(history):
+        value = row.get(key)
+        if isinstance(value, int | float) and math.isfinite(value):
+            xs.append(float(row.get("epoch", i + 1)))
+            ys.append(float(value))
+    return xs, ys
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
+    """Loss and accuracy per epoch, train vs validation, side by side (1000 x 400 px)."""
+    fig = new_figure(10, 4)
+    for ax, metric, title in zip(fig.subplots(1, 2), ("loss", "acc"), ("Loss", "Accuracy"), strict=True):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            xs, ys = _series(history, f"{split}_{metric}")
+            if xs:
+                ax.plot(xs, ys, style, markersize=3, label=split)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    return save_figure(fig, path)
+
+
+def plot_confusion(confusion: np.ndarray, labels: list[str], path: Path) -> Path:
+    """Confusion matrix (rows = true class, columns = predicted), counts written in the cells."""
+    n = len(labels)
+    side = float(min(max(5.0, 0.45 * n + 2.5), 16.0))
+    fig = new_figure(side, side)
+    ax = fig.subplots()
+    row_sum = confusion.sum(axis=1, keepdims=True)
+    rate = np.divide(confusion, row_sum, out=np.zeros_like(confusion, dtype=float), where=row_sum > 0)
+    im = ax.imshow(rate, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    ax.set_xticks(range(n), labels, rotation=90 if n > 10 else 0)
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                if confusion[i, j]:
+                    color = "white" if rate[i, j] > 0.5 else "black"
+                    ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center", color=color,
+                            fontsize=8)
+    ax.set_title("Confusion matrix")
+    return save_figure(fig, path)
+
+
+def _load_config(run_dir: Path) -> dict[str, Any] | None:
+    """The run config from config.json, else from the checkpoint (best.pt, then last.pt)."""
+    path = run_dir / "config.json"
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else {"config": data}
+        except (OSError, ValueError):
+            pass
+    for name in ("best.pt", "last.pt"):
+        if (run_dir / name).is_file():
+            try:
+                from training.checkpoint import load_checkpoint
+
+                ckpt = load_checkpoint(run_dir / name)
+            except (StriateError, ImportError):
+                continue
+            return {"arch": ckpt.arch, "arch_kwargs": ckpt.arch_kwargs, "data": ckpt.data,
+                    "epoch": ckpt.epoch, **ckpt.config}
+    return None
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "-"
+        return f"{value:.3g}" if 0 < abs(value) < 0.01 else f"{value:.{digits}f}"  # learning rates
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _per_class_rows(metrics: dict[str, Any]) -> list[list[Any]]:
+    labels = [str(x) for x in metrics.get("labels", [])]
+    precision = metrics.get("precision", [])
+    recall = metrics.get("recall", [])
+    confusion = metrics.get("confusion")
+    support = np.asarray(confusion).sum(axis=1).tolist() if confusion else [None] * len(labels)
+    rows = []
+    for i, label in enumerate(labels):
+        p = float(precision[i]) if i < len(precision) else float("nan")
+        r = float(recall[i]) if i < len(recall) else float("nan")
+        f1 = 2 * p * r / (p + r) if p + r > 0 else 0.0
+        rows.append([label, p, r, f1, support[i] if i < len(support) else "-"])
+    return rows
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td:first-child { text-align: left; }
+img { max-width: 100%; border: 1px solid #eee; }
+.note { background: #fff6d6; padding: 0.4em 0.8em; border-left: 4px solid #e0b000; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; }
+"""
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write curves.png, confusion.png and report.html into `run_dir`; return the HTML's path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise StriateError(f"run directory not found: {run_dir}")
+    notes: list[str] = []
+    history = _read_json(run_dir / "history.json", notes)
+    metrics = _read_json(run_dir / "metrics.json", notes)
+    if history is not None and not (isinstance(history, list) and all(isinstance(r, dict) for r in history)):
+        notes.append("history.json is not a list of per-epoch objects: curves skipped.")
+        history = None
+    if metrics is not None and not isinstance(metrics, dict):
+        notes.append("metrics.json is not an object: metrics skipped.")
+        metrics = None
+
+    sections: list[str] = []
+    if metrics:
+        split = metrics.get("split", "test")
+        summary = [["accuracy", metrics.get("accuracy", float("nan"))], ["split", split]]
+        if history:
+            summary.append(["epochs", len(history)])
+            seconds = [r.get("seconds") for r in history if isinstance(r.get("seconds"), int | float)]
+            if seconds:
+                summary.append(["training time (s)", float(sum(seconds))])
+        sections.append(f"<h2>Summary ({html.escape(str(split))} split)</h2>"
+                        + _table(["metric", "value"], summary))
+    if history:
+        plot_curves(history, run_dir / CURVES_PNG)
+        sections.append(f'<h2>Learning curves</h2><img src="{CURVES_PNG}" alt="loss and accuracy per epoch">')
+    if metrics and metrics.get("confusion") is not None:
+        labels = [str(x) for x in metrics.get("labels", [])]
+        confusion = np.asarray(metrics["confusion"], dtype=np.int64)
+        if confusion.ndim == 2 and confusion.shape[0] == confusion.shape[1]:
+            labels = labels if len(labels) == len(confusion) else [str(i) for i in range(len(confusion))]
+            plot_confusion(confusion, labels, run_dir / CONFUSION_PNG)
+            sections.append(f'<h2>Confusion matrix</h2><img src="{CONFUSION_PNG}" alt="confusion matrix">')
+        else:
+            notes.append("metrics.json's confusion matrix is not square: not drawn.")
+    if metrics and metrics.get("labels"):
+        sections.append("<h2>Per-class precision and recall</h2>"
+                        + _table(["class", "precision", "recall", "F1", "support"], _per_class_rows(metrics)))
+    if history:
+        keys = [k for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+                if any(k in r for r in history)]
+        rows = [[r.get(k, "-") for k in keys] for r in history]
+        sections.append("<h2>History</h2>" + _table(keys, rows))
+    config = _load_config(run_dir)
+    if config:
+        text = json.dumps(config, indent=2, sort_keys=True, default=str)
+        sections.append(f"<h2>Run configuration</h2><pre>{html.escape(text)}</pre>")
+
+    note_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+    title = f"Training report: {run_dir.name}"
+    page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>"
+            f"<h1>{html.escape(title)}</h1>{note_html}{''.join(sections)}</body></html>\n")
+    out = run_dir / REPORT_HTML
+    out.write_text(page, encoding="utf-8")
+    return out
