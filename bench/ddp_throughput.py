@@ -44,8 +44,9 @@ def _free_port() -> int:
 
 def _worker(rank: int, world: int, port: int, threads: int, arch: str, size: int, steps: int, out: str) -> None:
     if world > 1:
-        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        os.environ.update(
+            RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+        )
     torch.set_num_threads(threads)
     from training import distributed as D
     from training.models import create_model
@@ -100,15 +101,27 @@ def main() -> None:
         base = statistics.median(rates[configs[0][0]])
         for name, _, _ in configs:
             rate = statistics.median(rates[name])
-            rows.append({"arch": arch, "config": name, "images_per_s": round(rate, 1),
-                         "ratio_vs_1x1": round(rate / base, 2), "runs": [round(r, 1) for r in rates[name]]})
+            rows.append(
+                {
+                    "arch": arch,
+                    "config": name,
+                    "images_per_s": round(rate, 1),
+                    "ratio_vs_1x1": round(rate / base, 2),
+                    "runs": [round(r, 1) for r in rates[name]],
+                }
+            )
     print(f"\nper-process batch {BATCH}, {args.size}x{args.size} RGB, {steps} timed steps, {os.cpu_count()} CPUs\n")
     print(f"{'arch':<18} {'configuration':<26} {'images/s':>9} {'vs 1x1':>7}")
     for r in rows:
         print(f"{r['arch']:<18} {r['config']:<26} {r['images_per_s']:>9.1f} {r['ratio_vs_1x1']:>7.2f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"batch_per_process": BATCH, "size": args.size, "steps": steps,
-                                   "cpus": os.cpu_count(), "rows": rows}, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {"batch_per_process": BATCH, "size": args.size, "steps": steps, "cpus": os.cpu_count(), "rows": rows},
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"\n-> {RESULTS}")
 
 

@@ -74,18 +74,27 @@ def probe_rows(task: str, cfg: FinetuneConfig, n_train: int) -> list[dict]:
     splits = subset(build_finetune_data(cfg), n_train)
     tr_x, tr_y = eval_tensors(splits.train)
     te_x, te_y = eval_tensors(splits.test)
-    model = create_model("efficientnet_lite0", weights="imagenet", in_chans=tr_x.shape[1],
-                         input_size=cfg.resolved_input_size).eval()
+    model = create_model(
+        "efficientnet_lite0", weights="imagenet", in_chans=tr_x.shape[1], input_size=cfg.resolved_input_size
+    ).eval()
     start = time.perf_counter()
     feats_tr, feats_te = embed(model, tr_x), embed(model, te_x)
     t_embed = time.perf_counter() - start
     rows = [
-        {"task": task, "method": "logreg on frozen efficientnet_lite0 ImageNet embedding",
-         "dims": feats_tr.shape[1], "test_acc": logreg(feats_tr, tr_y, feats_te, te_y),
-         "seconds": round(t_embed, 1)},
-        {"task": task, "method": "logreg on raw preprocessed pixels",
-         "dims": int(np.prod(tr_x.shape[1:])),
-         "test_acc": logreg(tr_x.flatten(1).numpy(), tr_y, te_x.flatten(1).numpy(), te_y), "seconds": 0.0},
+        {
+            "task": task,
+            "method": "logreg on frozen efficientnet_lite0 ImageNet embedding",
+            "dims": feats_tr.shape[1],
+            "test_acc": logreg(feats_tr, tr_y, feats_te, te_y),
+            "seconds": round(t_embed, 1),
+        },
+        {
+            "task": task,
+            "method": "logreg on raw preprocessed pixels",
+            "dims": int(np.prod(tr_x.shape[1:])),
+            "test_acc": logreg(tr_x.flatten(1).numpy(), tr_y, te_x.flatten(1).numpy(), te_y),
+            "seconds": 0.0,
+        },
     ]
     return rows
 
@@ -97,9 +106,15 @@ def finetune_rows(task: str, cfg: FinetuneConfig, n_train: int, out: Path) -> li
         data = subset(build_finetune_data(run_cfg), n_train)
         start = time.perf_counter()
         result = finetune(run_cfg, data=data, progress=False)
-        rows.append({"task": task, "method": f"efficientnet_lite0 {label} ({cfg.epochs} epochs)",
-                     "dims": None, "test_acc": float(result.test_metrics["accuracy"]),
-                     "seconds": round(time.perf_counter() - start, 1)})
+        rows.append(
+            {
+                "task": task,
+                "method": f"efficientnet_lite0 {label} ({cfg.epochs} epochs)",
+                "dims": None,
+                "test_acc": float(result.test_metrics["accuracy"]),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
     return rows
 
 
@@ -115,9 +130,19 @@ def main() -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="striate-probe-") as tmp:
         for task in args.tasks.split(","):
-            cfg = FinetuneConfig(arch="efficientnet_lite0", data=task, input_size=args.input_size, epochs=epochs,
-                                 batch_size=32, lr=2e-3, body_lr_mult=0.5, warmup_epochs=0.5, report=False,
-                                 shapes_per_class=200, color_mode="RGB")
+            cfg = FinetuneConfig(
+                arch="efficientnet_lite0",
+                data=task,
+                input_size=args.input_size,
+                epochs=epochs,
+                batch_size=32,
+                lr=2e-3,
+                body_lr_mult=0.5,
+                warmup_epochs=0.5,
+                report=False,
+                shapes_per_class=200,
+                color_mode="RGB",
+            )
             rows += probe_rows(task, cfg, n_train)
             rows += finetune_rows(task, cfg, n_train, Path(tmp))
     width = max(len(r["method"]) for r in rows)
@@ -126,8 +151,13 @@ def main() -> None:
     for r in rows:
         print(f"{r['task']:<7} {r['method']:<{width}} {r['test_acc']:>8.3f} {r['seconds']:>8.1f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"n_train": n_train, "epochs": epochs, "input_size": args.input_size,
-                                   "quick": args.quick, "rows": rows}, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {"n_train": n_train, "epochs": epochs, "input_size": args.input_size, "quick": args.quick, "rows": rows},
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"\n-> {RESULTS}")
 
 

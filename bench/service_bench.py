@@ -52,12 +52,25 @@ def prepare_models(default_bundle: Path = DEFAULT_BUNDLE) -> list[str]:
         torch.manual_seed(0)
         model = create_model("resnet18", num_classes=1000, in_chans=3, input_size=224)
         spec = Preprocessing(
-            color_mode="RGB", resize_mode="shorter", resize_size=(256, 256), crop_size=(224, 224),
-            interpolation="bilinear", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+            color_mode="RGB",
+            resize_mode="shorter",
+            resize_size=(256, 256),
+            crop_size=(224, 224),
+            interpolation="bilinear",
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
         )
         shutil.rmtree(BENCH_MODELS / "resnet18", ignore_errors=True)
-        export_model(model, [f"class_{i}" for i in range(1000)], spec, "resnet18", 1, BENCH_MODELS,
-                     architecture="resnet18", data="random weights (benchmark)")
+        export_model(
+            model,
+            [f"class_{i}" for i in range(1000)],
+            spec,
+            "resnet18",
+            1,
+            BENCH_MODELS,
+            architecture="resnet18",
+            data="random weights (benchmark)",
+        )
     names = ["resnet18"]
     for stale in ("digits", "tiny"):
         shutil.rmtree(BENCH_MODELS / stale, ignore_errors=True)
@@ -164,17 +177,23 @@ async def _load(url: str, body: bytes, ctype: str, concurrency: int, total: int)
     latencies: list[float] = []
     errors: list[int] = []
     warm = iter(range(2 * concurrency))
-    await asyncio.gather(*(_worker(parsed.hostname, parsed.port, request, warm, [], errors)
-                           for _ in range(concurrency)))
+    await asyncio.gather(
+        *(_worker(parsed.hostname, parsed.port, request, warm, [], errors) for _ in range(concurrency))
+    )
     jobs = iter(range(total))
     start = time.perf_counter()
-    await asyncio.gather(*(_worker(parsed.hostname, parsed.port, request, jobs, latencies, errors)
-                           for _ in range(concurrency)))
+    await asyncio.gather(
+        *(_worker(parsed.hostname, parsed.port, request, jobs, latencies, errors) for _ in range(concurrency))
+    )
     wall = time.perf_counter() - start
     lat = np.array(latencies) * 1e3
     return {
-        "concurrency": concurrency, "requests": total, "errors": len(errors), "rps": total / wall,
-        "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+        "concurrency": concurrency,
+        "requests": total,
+        "errors": len(errors),
+        "rps": total / wall,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
     }
 
 
@@ -205,11 +224,28 @@ def rss_mb(pid: int) -> float:
 
 def start_server(model_dir: Path, port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRIATE_")} | {
-        "STRIATE_INTRA_OP_THREADS": "1", "STRIATE_INTER_OP_THREADS": "1", "STRIATE_PREPROCESS_THREADS": "2",
-        "STRIATE_MAX_BATCH_SIZE": "32", "STRIATE_MAX_BATCH_DELAY_MS": "5", "PYTHONPATH": str(REPO),
+        "STRIATE_INTRA_OP_THREADS": "1",
+        "STRIATE_INTER_OP_THREADS": "1",
+        "STRIATE_PREPROCESS_THREADS": "2",
+        "STRIATE_MAX_BATCH_SIZE": "32",
+        "STRIATE_MAX_BATCH_DELAY_MS": "5",
+        "PYTHONPATH": str(REPO),
     }
-    cmd = ["taskset", "-c", str(SERVER_CORE), sys.executable, "-m", "striate.cli", "serve",
-           "--model-dir", str(model_dir), "--port", str(port), "--log-level", "warning"]
+    cmd = [
+        "taskset",
+        "-c",
+        str(SERVER_CORE),
+        sys.executable,
+        "-m",
+        "striate.cli",
+        "serve",
+        "--model-dir",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO)
     import httpx
 
@@ -252,9 +288,22 @@ def main() -> int:
         body = jpeg_for(name)
         (tmp / f"{name}.jpg").write_bytes(body)
         raw = subprocess.run(
-            ["taskset", "-c", str(SERVER_CORE), sys.executable, __file__, "--raw", str(BENCH_MODELS / name / "1"),
-             "--jpeg", str(tmp / f"{name}.jpg"), *(["--quick"] if args.quick else [])],
-            capture_output=True, text=True, check=True, env=os.environ | {"PYTHONPATH": str(REPO)},
+            [
+                "taskset",
+                "-c",
+                str(SERVER_CORE),
+                sys.executable,
+                __file__,
+                "--raw",
+                str(BENCH_MODELS / name / "1"),
+                "--jpeg",
+                str(tmp / f"{name}.jpg"),
+                *(["--quick"] if args.quick else []),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=os.environ | {"PYTHONPATH": str(REPO)},
         )
         results["models"][name] = {"raw": json.loads(raw.stdout.strip().splitlines()[-1]), "classify": []}
     global SERVER_PID
@@ -279,7 +328,10 @@ def main() -> int:
                 "p50_ratio_c1": ex1["p50_ms"] / cl1["p50_ms"],
                 "throughput_cost_ratio_c8": cl8["rps"] / ex8["rps"],
                 "cpu_cost_ratio_c8": ex8["server_cpu_ms_per_request"] / cl8["server_cpu_ms_per_request"],
-                "classify_c1": cl1, "explain_c1": ex1, "classify_c8": cl8, "explain_c8": ex8,
+                "classify_c1": cl1,
+                "explain_c1": ex1,
+                "classify_c8": cl8,
+                "explain_c8": ex8,
             }
         rss_model = names[-1]  # the default bundle (or its stand-in)
         body = jpeg_for(rss_model)
@@ -289,7 +341,9 @@ def main() -> int:
         load(f"{base}/{rss_model}/classify", body, 8, n_total - n_first)
         after_all = rss_mb(proc.pid)
         results["rss"] = {
-            "model": rss_model, "after_requests": [n_first, n_total], "rss_mb": [after_first, after_all],
+            "model": rss_model,
+            "after_requests": [n_first, n_total],
+            "rss_mb": [after_first, after_all],
             "growth": after_all / after_first - 1.0,
         }
     finally:
@@ -306,34 +360,49 @@ def main() -> int:
 def report(results: dict) -> None:
     for name, res in results["models"].items():
         raw = res["raw"]
-        print(f"\n## {name}: raw onnxruntime on 1 core: batch-1 {raw['batch1_ms']:.2f} ms "
-              f"(+ decode/preprocess {raw['preprocess_ms']:.2f} ms); best batch {raw['best_batch']}: "
-              f"{raw['model_only_ips']:.1f} img/s model only, "
-              f"{raw['with_preprocess_ips']:.1f} img/s with preprocessing")
-        print(f"raw CPU per image at its best batch ({raw['cpu_best_batch']}): "
-              f"{raw['cpu_ms_per_image_model_only']:.2f} ms model only, "
-              f"{raw['cpu_ms_per_image_with_preprocess']:.2f} ms with decode + preprocess")
-        print("| concurrency | req/s | p50 ms | p99 ms | req/s vs raw (model only / with preprocess) "
-              "| server CPU ms/req | CPU efficiency vs raw (model only / with preprocess) | errors |")
+        print(
+            f"\n## {name}: raw onnxruntime on 1 core: batch-1 {raw['batch1_ms']:.2f} ms "
+            f"(+ decode/preprocess {raw['preprocess_ms']:.2f} ms); best batch {raw['best_batch']}: "
+            f"{raw['model_only_ips']:.1f} img/s model only, "
+            f"{raw['with_preprocess_ips']:.1f} img/s with preprocessing"
+        )
+        print(
+            f"raw CPU per image at its best batch ({raw['cpu_best_batch']}): "
+            f"{raw['cpu_ms_per_image_model_only']:.2f} ms model only, "
+            f"{raw['cpu_ms_per_image_with_preprocess']:.2f} ms with decode + preprocess"
+        )
+        print(
+            "| concurrency | req/s | p50 ms | p99 ms | req/s vs raw (model only / with preprocess) "
+            "| server CPU ms/req | CPU efficiency vs raw (model only / with preprocess) | errors |"
+        )
         print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for row in res["classify"]:
             cpu = row["server_cpu_ms_per_request"]
-            print(f"| {row['concurrency']} | {row['rps']:.1f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
-                  f"{row['rps'] / raw['model_only_ips']:.2f} / {row['rps'] / raw['with_preprocess_ips']:.2f} | "
-                  f"{cpu:.2f} | {raw['cpu_ms_per_image_model_only'] / cpu:.2f} / "
-                  f"{raw['cpu_ms_per_image_with_preprocess'] / cpu:.2f} | {row['errors']} |")
+            print(
+                f"| {row['concurrency']} | {row['rps']:.1f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+                f"{row['rps'] / raw['model_only_ips']:.2f} / {row['rps'] / raw['with_preprocess_ips']:.2f} | "
+                f"{cpu:.2f} | {raw['cpu_ms_per_image_model_only'] / cpu:.2f} / "
+                f"{raw['cpu_ms_per_image_with_preprocess'] / cpu:.2f} | {row['errors']} |"
+            )
         c1 = res["classify"][0]
-        print(f"p50 at c=1 minus raw batch-1: {c1['p50_ms'] - raw['batch1_ms']:+.2f} ms (model only), "
-              f"{c1['p50_ms'] - raw['batch1_with_preprocess_ms']:+.2f} ms (with preprocess)")
+        print(
+            f"p50 at c=1 minus raw batch-1: {c1['p50_ms'] - raw['batch1_ms']:+.2f} ms (model only), "
+            f"{c1['p50_ms'] - raw['batch1_with_preprocess_ms']:+.2f} ms (with preprocess)"
+        )
         ev = res["explain_vs_classify"]
-        print(f"explain/classify cost: p50 ratio at c=1 {ev['p50_ratio_c1']:.3f}, "
-              f"throughput cost ratio at c=8 {ev['throughput_cost_ratio_c8']:.3f}, "
-              f"server CPU per request ratio at c=8 {ev['cpu_cost_ratio_c8']:.3f}")
-    print(f"\nload average (1, 5, 15 min): start {results['load_average_at_start']}, "
-          f"end {results['load_average_at_end']}")
+        print(
+            f"explain/classify cost: p50 ratio at c=1 {ev['p50_ratio_c1']:.3f}, "
+            f"throughput cost ratio at c=8 {ev['throughput_cost_ratio_c8']:.3f}, "
+            f"server CPU per request ratio at c=8 {ev['cpu_cost_ratio_c8']:.3f}"
+        )
+    print(
+        f"\nload average (1, 5, 15 min): start {results['load_average_at_start']}, end {results['load_average_at_end']}"
+    )
     rss = results["rss"]
-    print(f"\nRSS ({rss['model']}): {rss['rss_mb'][0]:.1f} MB after {rss['after_requests'][0]} requests, "
-          f"{rss['rss_mb'][1]:.1f} MB after {rss['after_requests'][1]}: growth {rss['growth'] * 100:+.1f}%")
+    print(
+        f"\nRSS ({rss['model']}): {rss['rss_mb'][0]:.1f} MB after {rss['after_requests'][0]} requests, "
+        f"{rss['rss_mb'][1]:.1f} MB after {rss['after_requests'][1]}: growth {rss['growth'] * 100:+.1f}%"
+    )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,14 @@ def engine_loop(model: nn.Module, loader: DataLoader, lr: float, progress: bool)
     steps = len(loader)
     start = time.perf_counter()
     train_one_epoch(
-        model, loader, opt, nn.CrossEntropyLoss(), torch.device("cpu"),
-        lambda s: lr_at(s, steps, steps // 4, lr, lr * 0.01), 0, progress=progress,
+        model,
+        loader,
+        opt,
+        nn.CrossEntropyLoss(),
+        torch.device("cpu"),
+        lambda s: lr_at(s, steps, steps // 4, lr, lr * 0.01),
+        0,
+        progress=progress,
     )
     return time.perf_counter() - start
 
@@ -100,12 +106,16 @@ def main() -> None:
     for trial in range(args.trials):
         for name, run in loops.items():
             seconds[name].append(run(make_model(args.base_width)))
-        print(f"trial {trial + 1}/{args.trials}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in seconds.items()),
-              file=sys.stderr)
+        print(
+            f"trial {trial + 1}/{args.trials}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in seconds.items()),
+            file=sys.stderr,
+        )
 
     rate = {name: n / statistics.median(s) for name, s in seconds.items()}
-    print(f"\nresnet18 (base width {args.base_width}) at 1x64x64, batch {args.batch_size}, {n} images per trial, "
-          f"median of {args.trials} trials, {torch.get_num_threads()} torch threads, CPU\n")
+    print(
+        f"\nresnet18 (base width {args.base_width}) at 1x64x64, batch {args.batch_size}, {n} images per trial, "
+        f"median of {args.trials} trials, {torch.get_num_threads()} torch threads, CPU\n"
+    )
     print("| loop | img/s | vs bare |")
     print("| --- | ---: | ---: |")
     for name, value in rate.items():

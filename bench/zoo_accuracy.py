@@ -54,13 +54,23 @@ def main() -> None:
         for arch in archs:
             width = bench_width(arch, args.width_mult)
             config = TrainConfig(
-                arch=arch, data="digits", input_size=args.input_size, base_width=width, epochs=args.epochs,
-                batch_size=args.batch_size, lr=args.lr, seed=args.seed, report=False, out=f"{tmp}/{arch}",
+                arch=arch,
+                data="digits",
+                input_size=args.input_size,
+                base_width=width,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                seed=args.seed,
+                report=False,
+                out=f"{tmp}/{arch}",
             )
             data = data or build_data(config)  # same split and preprocessing for every model
             params = sum(
-                p.numel() for p in create_model(arch, num_classes=10, in_chans=1, input_size=args.input_size,
-                                                base_width=width).parameters()
+                p.numel()
+                for p in create_model(
+                    arch, num_classes=10, in_chans=1, input_size=args.input_size, base_width=width
+                ).parameters()
             )
             start = time.perf_counter()
             result = train(config, data=data, progress=False)
@@ -68,10 +78,12 @@ def main() -> None:
             rows.append((arch, width, params, result.best_val_acc, result.test_metrics["accuracy"], seconds))
             print(f"{arch}: test acc {rows[-1][4]:.4f} in {seconds:.0f}s", file=sys.stderr)
 
-    print(f"\nDigits (1,797 8x8 images, stratified 70/10/20 split, data seed 0), input 1x{args.input_size}x"
-          f"{args.input_size}, {args.epochs} epochs, batch {args.batch_size}, AdamW lr {args.lr} cosine, seed "
-          f"{args.seed}, widths x{args.width_mult} (paper width <= {SMALL_WIDTH} kept), CPU "
-          f"({torch.get_num_threads()} threads)\n")
+    print(
+        f"\nDigits (1,797 8x8 images, stratified 70/10/20 split, data seed 0), input 1x{args.input_size}x"
+        f"{args.input_size}, {args.epochs} epochs, batch {args.batch_size}, AdamW lr {args.lr} cosine, seed "
+        f"{args.seed}, widths x{args.width_mult} (paper width <= {SMALL_WIDTH} kept), CPU "
+        f"({torch.get_num_threads()} threads)\n"
+    )
     print("| architecture | base width | parameters | best val acc | test acc | train s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for arch, width, params, val, test, seconds in rows:

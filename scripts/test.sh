@@ -9,5 +9,5 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e '.[dev]'
 .venv/bin/ruff check .
 .venv/bin/ruff format --check . || echo "note: ruff format would reformat files (not enforced)"
-if [ "$#" -eq 0 ]; then set -- -m "not slow and not docker"; fi
+# Everything by default (about 5 minutes here); `scripts/test.sh -m "not slow"` for a quick run.
 exec .venv/bin/python -m pytest -ra "$@"

@@ -52,8 +52,9 @@ class FeaturesResponse(BaseModel):
 
     model_config = {
         "json_schema_extra": {
-            "examples": [{"model": "digits", "version": 1, "layer": "embedding", "dim": 4,
-                          "features": [[0.0, 1.25, 0.5, 3.0]]}]
+            "examples": [
+                {"model": "digits", "version": 1, "layer": "embedding", "dim": 4, "features": [[0.0, 1.25, 0.5, 3.0]]}
+            ]
         }
     }
 
@@ -75,11 +76,18 @@ class ExplainResponse(BaseModel):
         "json_schema_extra": {
             "examples": [
                 {
-                    "model": "digits", "version": 1, "method": "gradcam", "target_layer": "layer2",
+                    "model": "digits",
+                    "version": 1,
+                    "method": "gradcam",
+                    "target_layer": "layer2",
                     "results": [
                         {
-                            "prediction": {"label": "3", "index": 3, "probability": 0.97,
-                                           "top_k": [{"label": "3", "index": 3, "probability": 0.97}]},
+                            "prediction": {
+                                "label": "3",
+                                "index": 3,
+                                "probability": 0.97,
+                                "top_k": [{"label": "3", "index": 3, "probability": 0.97}],
+                            },
                             "target": {"label": "3", "index": 3, "probability": 0.97},
                             "cam": [[0.0, 0.2], [0.7, 1.0]],
                         }

@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STRIATE_", protected_namespaces=())
 
     model_dir: Path = Field(default_factory=_default_model_dir, description="the model repository")
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    device: Literal["cpu", "cuda", "auto"] = "auto"  # CUDA when onnxruntime has it, else CPU
     max_batch_size: int = Field(32, ge=1, description="most images merged into one onnxruntime call")
     max_batch_delay_ms: float = Field(
         5.0, ge=0, description="longest wait for more requests while others are on their way"

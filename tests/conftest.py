@@ -17,5 +17,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def repo_root() -> Path:
     return REPO_ROOT
 
+
 # Fixtures for the service tests (bundles, a real uvicorn server on loopback).
 pytest_plugins = ["service_fixtures"]

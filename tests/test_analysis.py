@@ -83,9 +83,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
         loss.backward()
         opt.step()
     model.eval()
-    ckpt = Checkpoint(arch="resnet18", arch_kwargs=ARCH_KWARGS, state_dict=model.state_dict(), labels=LABELS,
-                      preprocessing=SPEC, config=config.to_dict(), data="digits",
-                      versions={"torch": str(torch.__version__)})
+    ckpt = Checkpoint(
+        arch="resnet18",
+        arch_kwargs=ARCH_KWARGS,
+        state_dict=model.state_dict(),
+        labels=LABELS,
+        preprocessing=SPEC,
+        config=config.to_dict(),
+        data="digits",
+        versions={"torch": str(torch.__version__)},
+    )
     path = save_checkpoint(ckpt, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
     return model, path
 
@@ -93,8 +100,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def bundle(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
     model, _ = trained
-    return export_model(model, LABELS, SPEC, "tiny-digits", out_root=tmp_path_factory.mktemp("exported"),
-                        data="digits")
+    return export_model(model, LABELS, SPEC, "tiny-digits", out_root=tmp_path_factory.mktemp("exported"), data="digits")
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,14 +108,30 @@ def bundle(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _write_run(run: Path, with_metrics: bool = True) -> None:
-    history = [{"epoch": e, "train_loss": 2.0 / e, "train_acc": 1 - 1 / (e + 1), "val_loss": 2.2 / e,
-                "val_acc": 1 - 1.2 / (e + 1), "lr": 0.01, "seconds": 1.5} for e in range(1, 6)]
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 2.0 / e,
+            "train_acc": 1 - 1 / (e + 1),
+            "val_loss": 2.2 / e,
+            "val_acc": 1 - 1.2 / (e + 1),
+            "lr": 0.01,
+            "seconds": 1.5,
+        }
+        for e in range(1, 6)
+    ]
     (run / "history.json").write_text(json.dumps(history))
     if with_metrics:
         confusion = np.diag([9, 8, 10]).tolist()
         confusion[1][2] = 2
-        metrics = {"labels": ["cat", "dog", "<owl>"], "accuracy": 0.93, "precision": [1.0, 1.0, 0.833],
-                   "recall": [1.0, 0.8, 1.0], "confusion": confusion, "split": "test"}
+        metrics = {
+            "labels": ["cat", "dog", "<owl>"],
+            "accuracy": 0.93,
+            "precision": [1.0, 1.0, 0.833],
+            "recall": [1.0, 0.8, 1.0],
+            "confusion": confusion,
+            "split": "test",
+        }
         (run / "metrics.json").write_text(json.dumps(metrics))
     (run / "config.json").write_text(json.dumps({"arch": "resnet18", "lr": 0.003}))
 
@@ -246,8 +268,7 @@ def test_occlusion_finds_the_region_of_any_onnx_classifier(tmp_path: Path) -> No
     for fill in ("road", "mean"):
         fractions = (0.09, 0.2)
         morf = gallery.deletion_drops(logits_fn, x, 0, region.astype(float), fractions, fill=fill)
-        lerf = gallery.deletion_drops(logits_fn, x, 0, region.astype(float), fractions, fill=fill,
-                                      least_first=True)
+        lerf = gallery.deletion_drops(logits_fn, x, 0, region.astype(float), fractions, fill=fill, least_first=True)
         rand = gallery.deletion_drops(logits_fn, x, 0, None, fractions, repeats=5, fill=fill)
         assert np.all(morf > rand + 0.05) and np.all(np.abs(lerf) < 1e-6)
 
@@ -288,8 +309,9 @@ def test_gallery_on_a_bundle(bundle: Path, tmp_path: Path) -> None:
     fm = open_model(bundle)
     sample = load_sample(fm.labels, fm.preprocessing, "digits", n=120)
     methods = gallery.make_methods(["gradcam", "occlusion", "scorecam"], fm.logits, fm, patch=2, stride=1)
-    result = gallery.build_gallery(fm.logits, sample.x, sample.y, methods, n_correct=2, n_wrong=1,
-                                   fractions=(0.1, 0.3), random_repeats=2)
+    result = gallery.build_gallery(
+        fm.logits, sample.x, sample.y, methods, n_correct=2, n_wrong=1, fractions=(0.1, 0.3), random_repeats=2
+    )
     assert len(result.items) == 3
     probs = softmax(fm.logits(sample.x))
     assert [it.pred == it.true for it in result.items] == [True, True, False]
@@ -330,8 +352,9 @@ def test_activation_grid_size(tmp_path: Path) -> None:
     maps = np.random.default_rng(0).random((12, 4, 4)).astype(np.float32)
     path = plot_activation_grid(np.zeros((1, 16, 16), np.float32), maps, tmp_path / "a.png", layer="s")
     assert png_size(path) == (1040, 310)  # 13 cells -> 2 rows x 8 of 1.3 in, + 0.5 in title
-    path = plot_activation_grid(np.zeros((3, 16, 16), np.float32), np.zeros((100, 2, 2)), tmp_path / "b.png",
-                                max_channels=7)
+    path = plot_activation_grid(
+        np.zeros((3, 16, 16), np.float32), np.zeros((100, 2, 2)), tmp_path / "b.png", max_channels=7
+    )
     assert png_size(path) == (1040, 180)  # input + 7 most active channels -> 1 row
 
 
@@ -342,31 +365,103 @@ def test_activation_grid_size(tmp_path: Path) -> None:
 def test_cli_analyses_on_checkpoint_and_bundle(trained, bundle: Path, tmp_path: Path, capsys) -> None:
     _, ckpt_path = trained
     out = tmp_path / "sep"
-    assert main(["analyze", "separability", str(ckpt_path), "--samples", "150", "--perplexity", "10",
-                 "--out", str(out)]) == 0  # the data comes from the checkpoint's config
+    assert (
+        main(["analyze", "separability", str(ckpt_path), "--samples", "150", "--perplexity", "10", "--out", str(out)])
+        == 0
+    )  # the data comes from the checkpoint's config
     text = capsys.readouterr().out
     assert "layer4 = embedding" in text and "input" in text
     scores = {r["layer"]: r for r in json.loads((out / "separability.json").read_text())}
     assert scores["layer4 = embedding"]["knn_accuracy"] > scores["layer1"]["knn_accuracy"]
     assert png_size(out / "separability.png") == (5 * 360 + 120, 360 + 40)  # 5 panels in a row + title
 
-    assert main(["analyze", "specialization", str(bundle), "--data", "digits", "--class", "8",
-                 "--samples", "100", "--out", str(tmp_path / "spec")]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "specialization",
+                str(bundle),
+                "--data",
+                "digits",
+                "--class",
+                "8",
+                "--samples",
+                "100",
+                "--out",
+                str(tmp_path / "spec"),
+            ]
+        )
+        == 0
+    )
     assert len((tmp_path / "spec" / "specialization.csv").read_text().splitlines()) == 1 + 32
 
-    assert main(["analyze", "activations", str(bundle), "--data", "digits", "--layer", "layer2",
-                 "--samples", "20", "--out", str(tmp_path / "act")]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "activations",
+                str(bundle),
+                "--data",
+                "digits",
+                "--layer",
+                "layer2",
+                "--samples",
+                "20",
+                "--out",
+                str(tmp_path / "act"),
+            ]
+        )
+        == 0
+    )
     assert png_size(tmp_path / "act" / "activations_layer2.png") == (8 * 130, 2 * 130 + 50)  # 9 cells
 
-    assert main(["analyze", "gallery", str(ckpt_path), "--methods", "gradcam,occlusion", "--correct", "1",
-                 "--wrong", "1", "--samples", "60", "--fractions", "0.1,0.2", "--out", str(tmp_path / "gal")]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "gallery",
+                str(ckpt_path),
+                "--methods",
+                "gradcam,occlusion",
+                "--correct",
+                "1",
+                "--wrong",
+                "1",
+                "--samples",
+                "60",
+                "--fractions",
+                "0.1,0.2",
+                "--out",
+                str(tmp_path / "gal"),
+            ]
+        )
+        == 0
+    )
     assert png_size(tmp_path / "gal" / "gallery.png") == (660, 480)
 
 
 def test_cli_gallery_on_a_bare_onnx_model(tmp_path: Path, capsys) -> None:
     model = _region_model(tmp_path / "region.onnx", h=8, w=8, classes=10)  # digits' 10 classes
-    assert main(["analyze", "gallery", str(model), "--data", "digits", "--correct", "1", "--wrong", "0",
-                 "--samples", "20", "--out", str(tmp_path / "g")]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "gallery",
+                str(model),
+                "--data",
+                "digits",
+                "--correct",
+                "1",
+                "--wrong",
+                "0",
+                "--samples",
+                "20",
+                "--out",
+                str(tmp_path / "g"),
+            ]
+        )
+        == 0
+    )
     assert "skipping gradcam" in capsys.readouterr().out
     summary = json.loads((tmp_path / "g" / "faithfulness.json").read_text())["methods"]
     assert set(summary) == {"occlusion", "random"}
@@ -383,8 +478,9 @@ def test_cli_gallery_on_a_bare_onnx_model(tmp_path: Path, capsys) -> None:
         (["gallery", "{bundle}", "--data", "digits", "--fractions", "0.1,x"], "--fractions"),
     ],
 )
-def test_cli_bad_input_is_one_clear_line(argv, message, bundle: Path, tmp_path: Path, capsys,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_bad_input_is_one_clear_line(
+    argv, message, bundle: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     argv = [a.replace("{bundle}", str(bundle)) for a in argv]
     if argv == ["separability", str(bundle)]:  # a bundle that does not record its data
         manifest = json.loads((bundle / "manifest.json").read_text())

@@ -20,7 +20,14 @@ from training.models import create_model, list_models
 
 BACKBONES = list_models(family="backbone")
 ALLOWED_HEAD = (
-    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout, nn.Linear, nn.ReLU, nn.Identity, nn.Hardswish,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Flatten,
+    nn.Dropout,
+    nn.Linear,
+    nn.ReLU,
+    nn.Identity,
+    nn.Hardswish,
 )
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
 
@@ -31,8 +38,15 @@ def _frugal() -> None:
 
 
 def test_required_backbones_are_registered() -> None:
-    wanted = {"tv_resnet18", "tv_resnet50", "tv_mobilenet_v3_large", "tv_efficientnet_b0", "tv_vgg16",
-              "tv_googlenet", "efficientnet_lite0"}
+    wanted = {
+        "tv_resnet18",
+        "tv_resnet50",
+        "tv_mobilenet_v3_large",
+        "tv_efficientnet_b0",
+        "tv_vgg16",
+        "tv_googlenet",
+        "efficientnet_lite0",
+    }
     assert wanted <= set(BACKBONES)
     assert B.resolve_backbone_name("resnet18") == "tv_resnet18"
     assert B.resolve_backbone_name("efficientnet_lite0") == "efficientnet_lite0"
@@ -71,7 +85,12 @@ def test_create_model_new_classes_and_gray_input(name: str) -> None:
 def test_preprocessing_comes_from_the_weights() -> None:
     lite = B.backbone_preprocessing("efficientnet_lite0")
     assert (lite.resize_size, lite.crop_size, lite.mean, lite.std, lite.interpolation) == (
-        (256, 256), (224, 224), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")
+        (256, 256),
+        (224, 224),
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        "bicubic",
+    )
     r50_v2 = B.backbone_preprocessing("tv_resnet50", "IMAGENET1K_V2")
     assert r50_v2.resize_size == (232, 232) and r50_v2.interpolation == "bilinear"
     assert B.backbone_preprocessing("tv_efficientnet_b0").interpolation == "bicubic"

@@ -26,9 +26,7 @@ STRIATE = ROOT / ".venv" / "bin" / "striate"
 def striate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     exe = [str(STRIATE)] if STRIATE.exists() else [sys.executable, "-m", "striate.cli"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [*exe, *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd or ROOT
-    )
+    return subprocess.run([*exe, *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd or ROOT)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, command: str, *fragments: str) -> str:

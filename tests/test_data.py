@@ -168,8 +168,12 @@ def test_train_transform_is_seeded_random_and_unaugmented_equals_eval():
 def test_folder_train_transform_crops_to_the_input_size():
     img = Image.new("RGB", (90, 60), (200, 10, 10))
     spec = Preprocessing(
-        color_mode="RGB", resize_mode="shorter", resize_size=(37, 37), crop_size=(32, 32),
-        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+        color_mode="RGB",
+        resize_mode="shorter",
+        resize_size=(37, 37),
+        crop_size=(32, 32),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
     )
     out = TrainTransform(spec, "folder")(img)
     assert out.shape == (3, 32, 32)

@@ -30,15 +30,22 @@ def _digits() -> TensorDataset:
 
 def _net() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
         nn.Linear(8, 10),
     )
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
     torch.manual_seed(100 + rank)  # different init per rank: DDP must broadcast rank 0's
@@ -106,10 +113,29 @@ def test_striate_finetune_runs_unchanged_under_torchrun(tmp_path: Path, repo_roo
 
     out = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}", "-m", "striate.cli", "finetune", "--backbone", "efficientnet_lite0",
-        "--data", "shapes", "--shapes-per-class", "12", "--input-size", "32", "--epochs", "1",
-        "--out", str(out), "--no-report", "--no-progress",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "striate.cli",
+        "finetune",
+        "--backbone",
+        "efficientnet_lite0",
+        "--data",
+        "shapes",
+        "--shapes-per-class",
+        "12",
+        "--input-size",
+        "32",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--no-report",
+        "--no-progress",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)

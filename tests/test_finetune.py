@@ -66,8 +66,7 @@ def test_mlp_and_partial_finetune_policies() -> None:
     mlp = _config(mode="mlp", head_hidden=64)
     model = build_finetune_model(mlp, 10, 3)
     apply_freeze(model, mlp)
-    assert _trainable(model) == {"head.pre_logits.3.weight", "head.pre_logits.3.bias", "head.fc.weight",
-                                 "head.fc.bias"}
+    assert _trainable(model) == {"head.pre_logits.3.weight", "head.pre_logits.3.bias", "head.fc.weight", "head.fc.bias"}
     assert model.embedding_dim == 64 and model.arch_kwargs["head_hidden"] == 64
 
     partial = _config(mode="finetune", unfreeze_stages=1)
@@ -112,8 +111,9 @@ def _subset(splits: DataSplits, n_train: int, n_eval: int = 100) -> DataSplits:
         keep = np.sort(rng.choice(len(ds.indices), min(n, len(ds.indices)), replace=False))
         return ImageDataset(ds.source, ds.indices[keep], ds.transform)
 
-    return replace(splits, train=pick(splits.train, n_train), val=pick(splits.val, n_eval),
-                   test=pick(splits.test, n_eval))
+    return replace(
+        splits, train=pick(splits.train, n_train), val=pick(splits.val, n_eval), test=pick(splits.test, n_eval)
+    )
 
 
 def test_probe_run_writes_a_checkpoint_that_exports(tmp_path: Path) -> None:
@@ -141,8 +141,7 @@ def test_pretrained_beats_scratch_under_the_same_budget(tmp_path: Path) -> None:
     """Same architecture, data (300 digits), epochs and schedule: ImageNet weights win clearly."""
     accs = {}
     for name, weights in (("pretrained", "imagenet"), ("scratch", None)):
-        cfg = _config(mode="finetune", weights=weights, epochs=3, lr=2e-3, body_lr_mult=0.5,
-                      out=str(tmp_path / name))
+        cfg = _config(mode="finetune", weights=weights, epochs=3, lr=2e-3, body_lr_mult=0.5, out=str(tmp_path / name))
         data = _subset(build_finetune_data(cfg), 300)
         accs[name] = finetune(cfg, data=data, progress=False).test_metrics["accuracy"]
     assert accs["pretrained"] > accs["scratch"] + 0.15, accs
@@ -184,8 +183,18 @@ def test_features_command_writes_vectors_paths_and_labels(
     photo_folder: Path, tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / f"emb{suffix}"
-    code = cli_main(["features", "--backbone", "efficientnet_lite0", "--data-dir", str(photo_folder),
-                     "--out", str(out), "--no-progress"])
+    code = cli_main(
+        [
+            "features",
+            "--backbone",
+            "efficientnet_lite0",
+            "--data-dir",
+            str(photo_folder),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     vectors, paths, labels = read_features(out)
     assert vectors.shape == (3, 1280) and vectors.dtype == np.float32
@@ -198,12 +207,40 @@ def test_features_command_writes_vectors_paths_and_labels(
 
 
 def test_features_command_errors(photo_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_main(["features", "--backbone", "resnet19", "--data-dir", str(photo_folder),
-                     "--out", str(tmp_path / "e.npy")]) == 2
-    assert cli_main(["features", "--backbone", "efficientnet_lite0", "--data-dir", str(photo_folder),
-                     "--out", str(tmp_path / "e.txt")]) == 2
-    assert cli_main(["features", "--backbone", "efficientnet_lite0", "--data-dir", str(tmp_path / "none"),
-                     "--out", str(tmp_path / "e.npy")]) == 2
+    assert (
+        cli_main(
+            ["features", "--backbone", "resnet19", "--data-dir", str(photo_folder), "--out", str(tmp_path / "e.npy")]
+        )
+        == 2
+    )
+    assert (
+        cli_main(
+            [
+                "features",
+                "--backbone",
+                "efficientnet_lite0",
+                "--data-dir",
+                str(photo_folder),
+                "--out",
+                str(tmp_path / "e.txt"),
+            ]
+        )
+        == 2
+    )
+    assert (
+        cli_main(
+            [
+                "features",
+                "--backbone",
+                "efficientnet_lite0",
+                "--data-dir",
+                str(tmp_path / "none"),
+                "--out",
+                str(tmp_path / "e.npy"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "unknown backbone 'resnet19'" in err and "must end with .npy or .parquet" in err
     assert "data folder not found" in err
@@ -214,17 +251,52 @@ def test_cli_mlp_run_resumes_and_its_checkpoint_extracts_features(
 ) -> None:
     run = tmp_path / "run"
     common = ["--no-report", "--no-progress"]
-    assert cli_main(["finetune", "--backbone", "efficientnet_lite0", "--data", "shapes", "--shapes-per-class", "8",
-                     "--input-size", "32", "--epochs", "1", "--mode", "mlp", "--head-hidden", "16",
-                     "--out", str(run), *common]) == 0
+    assert (
+        cli_main(
+            [
+                "finetune",
+                "--backbone",
+                "efficientnet_lite0",
+                "--data",
+                "shapes",
+                "--shapes-per-class",
+                "8",
+                "--input-size",
+                "32",
+                "--epochs",
+                "1",
+                "--mode",
+                "mlp",
+                "--head-hidden",
+                "16",
+                "--out",
+                str(run),
+                *common,
+            ]
+        )
+        == 0
+    )
     assert cli_main(["finetune", "--resume", str(run), "--epochs", "2", *common]) == 0
     history = __import__("json").loads((run / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2]
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt.epoch == 2 and ckpt.arch_kwargs["head_hidden"] == 16 and ckpt.config["mode"] == "mlp"
     out = tmp_path / "emb.npy"
-    assert cli_main(["features", "--checkpoint", str(run / "best.pt"), "--data-dir", str(photo_folder),
-                     "--out", str(out), "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "features",
+                "--checkpoint",
+                str(run / "best.pt"),
+                "--data-dir",
+                str(photo_folder),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     vectors, _, labels = read_features(out)
     assert vectors.shape == (3, 16) and labels == ["cat", "cup", "cup"]
     assert cli_main(["finetune", "--mode", "probe", "--unfreeze-stages", "1", "--data", "shapes"]) == 2

@@ -28,8 +28,16 @@ def one_thread():
 
 def tiny(tmp_path, name: str, **overrides) -> TrainConfig:
     values = {
-        "arch": "lenet5", "data": "shapes", "shapes_per_class": 30, "input_size": 16, "epochs": 2,
-        "batch_size": 16, "lr": 3e-3, "seed": 7, "report": False, "out": str(tmp_path / name),
+        "arch": "lenet5",
+        "data": "shapes",
+        "shapes_per_class": 30,
+        "input_size": 16,
+        "epochs": 2,
+        "batch_size": 16,
+        "lr": 3e-3,
+        "seed": 7,
+        "report": False,
+        "out": str(tmp_path / name),
     }
     values.update(overrides)
     return TrainConfig(**values)
@@ -40,8 +48,15 @@ def digits_run(tmp_path_factory):
     """A real, short training run: lenet5 on the digits at 16x16, 3 epochs."""
     out = tmp_path_factory.mktemp("runs") / "digits"
     config = TrainConfig(
-        arch="lenet5", data="digits", input_size=16, epochs=3, batch_size=32, lr=5e-3, seed=0,
-        report=False, out=str(out),
+        arch="lenet5",
+        data="digits",
+        input_size=16,
+        epochs=3,
+        batch_size=32,
+        lr=5e-3,
+        seed=0,
+        report=False,
+        out=str(out),
     )
     return train(config, progress=False)
 
@@ -85,7 +100,10 @@ def test_checkpoint_is_plain_data_and_rebuilds_the_model(digits_run):
     assert raw["train_state"] == {}  # best.pt carries weights only
     assert raw["metrics"]["test_acc"] == pytest.approx(digits_run.test_metrics["accuracy"])
     assert set(torch.load(digits_run.run_dir / "last.pt", weights_only=True)["train_state"]) >= {
-        "optimizer", "step", "best_val_acc", "history"
+        "optimizer",
+        "step",
+        "best_val_acc",
+        "history",
     }
 
     ckpt = load_checkpoint(digits_run.run_dir / "best.pt")

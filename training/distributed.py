@@ -85,9 +85,7 @@ def init_distributed(device: str = "auto", backend: str | None = None, timeout_s
                 **({"device_id": dev} if dev.type == "cuda" else {}),
             )
         except (RuntimeError, ValueError) as exc:
-            raise StriateError(
-                f"cannot join the process group ({chosen}, rank {rank}/{world_size}): {exc}"
-            ) from None
+            raise StriateError(f"cannot join the process group ({chosen}, rank {rank}/{world_size}): {exc}") from None
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, is_main=rank == 0)
 
 
@@ -111,7 +109,9 @@ def wrap_ddp(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [info.device.index] if info.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(
-        model, device_ids=ids, output_device=ids[0] if ids else None,
+        model,
+        device_ids=ids,
+        output_device=ids[0] if ids else None,
         find_unused_parameters=find_unused_parameters,
     )
 

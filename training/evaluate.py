@@ -44,9 +44,7 @@ def classification_metrics(
     y_true = np.asarray(targets, dtype=np.int64)
     y_pred = np.asarray(predictions, dtype=np.int64)
     classes = list(range(len(labels)))
-    precision, recall, _, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=classes, zero_division=0
-    )
+    precision, recall, _, support = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     return {
         "labels": list(labels),
         "accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0,
@@ -70,8 +68,7 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     ]
     for i, label in enumerate(labels):
         lines.append(
-            f"{label:<{width}}  {metrics['precision'][i]:9.4f}  {metrics['recall'][i]:6.4f}  "
-            f"{metrics['support'][i]:7d}"
+            f"{label:<{width}}  {metrics['precision'][i]:9.4f}  {metrics['recall'][i]:6.4f}  {metrics['support'][i]:7d}"
         )
     confusion = metrics["confusion"]
     cell = max(len(str(v)) for row in confusion for v in row)

@@ -46,8 +46,10 @@ def scan_images(root: str | Path) -> ImageList:
     if not root.is_dir():
         raise StriateError(f"data folder not found or not a directory: {root}")
     paths = sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMG_EXTENSIONS
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
     if not paths:
@@ -119,8 +121,14 @@ def extract_features(
     )
     chunks: list[np.ndarray] = []
     kept: list[int] = []
-    bar = tqdm(total=len(images.paths), desc=f"features ({layer})", unit="img", disable=not progress,
-               dynamic_ncols=True, mininterval=0.5)
+    bar = tqdm(
+        total=len(images.paths),
+        desc=f"features ({layer})",
+        unit="img",
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
     try:
         for indices, batch, bad in loader:
             for i, err in bad:
@@ -158,11 +166,13 @@ def write_features(out: str | Path, vectors: np.ndarray, paths: list[str], label
 
     dim = vectors.shape[1]
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    table = pa.table({
-        "path": pa.array(paths, type=pa.string()),
-        "label": pa.array(labels, type=pa.string()),
-        "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
-    })
+    table = pa.table(
+        {
+            "path": pa.array(paths, type=pa.string()),
+            "label": pa.array(labels, type=pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+        }
+    )
     pq.write_table(table, out)
     return [out]
 

@@ -62,8 +62,10 @@ class FinetuneConfig(TrainConfig):
                 "--unfreeze-stages only applies to --mode finetune",
             ),
             (self.head_hidden is None or self.head_hidden >= 1, "--head-hidden must be positive"),
-            (self.mode == "finetune" or self.weights is not None,
-             f"--mode {self.mode} trains on frozen features: it needs --weights"),
+            (
+                self.mode == "finetune" or self.weights is not None,
+                f"--mode {self.mode} trains on frozen features: it needs --weights",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -270,9 +272,7 @@ def finetune(
 
 
 # ----------------------------------------------------------------------------------- pretrained
-def pretrained_checkpoint(
-    backbone: str, weights: str = "imagenet", input_size: int | None = None
-) -> Checkpoint:
+def pretrained_checkpoint(backbone: str, weights: str = "imagenet", input_size: int | None = None) -> Checkpoint:
     """A backbone with its ImageNet classifier as a Striate checkpoint: 1000 labels, real preprocessing.
 
     `striate export` turns it into a bundle that classifies photos into the ImageNet classes.

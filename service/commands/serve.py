@@ -12,7 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="bind address (default: STRIATE_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: STRIATE_PORT or 8000)")
     parser.add_argument("--model-dir", type=Path, help="model repository (default: STRIATE_MODEL_DIR or exported/)")
-    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], help="default: STRIATE_DEVICE or cpu")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda", "auto"], help="default: STRIATE_DEVICE or auto (CUDA if present)"
+    )
     parser.add_argument("--api-key", help="require this key on every route but health (or STRIATE_API_KEY)")
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
 

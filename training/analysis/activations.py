@@ -20,9 +20,16 @@ def select_channels(maps: np.ndarray, max_channels: int, order: str = "mean") ->
     return np.sort(np.argsort(-maps.reshape(c, -1).mean(axis=1), kind="stable")[:max_channels])
 
 
-def plot_activation_grid(image: np.ndarray, maps: np.ndarray, path: str | Path, layer: str = "",
-                         title: str = "", max_channels: int = 64, order: str = "mean",
-                         shared_scale: bool = False) -> Path:
+def plot_activation_grid(
+    image: np.ndarray,
+    maps: np.ndarray,
+    path: str | Path,
+    layer: str = "",
+    title: str = "",
+    max_channels: int = 64,
+    order: str = "mean",
+    shared_scale: bool = False,
+) -> Path:
     """Draw `maps` [C, h, w] of one image (after the input `image` [C, H, W]) as a grid.
 
     The figure is `cols * 1.3` x `rows * 1.3 + 0.5` inches with up to 8 columns. Each map has its

@@ -50,8 +50,9 @@ class FeatureModel(ABC):
         for name in names:
             if name not in known:
                 what = "feature maps" if maps else "features"
-                raise StriateError(f"layer {name!r} has no {what} in {self.source}; "
-                                   f"available: {', '.join(known) or 'none'}")
+                raise StriateError(
+                    f"layer {name!r} has no {what} in {self.source}; available: {', '.join(known) or 'none'}"
+                )
 
     def features(self, x: np.ndarray, layers: list[str] | None = None) -> dict[str, np.ndarray]:
         """Pooled [N, C] features per layer (all layers when `layers` is None), in depth order."""
@@ -75,8 +76,15 @@ class FeatureModel(ABC):
 class TorchFeatureModel(FeatureModel):
     """A `StriateModel` in eval mode: stage maps by `forward_stages`, pooled by global average."""
 
-    def __init__(self, model, labels: list[str], preprocessing: Preprocessing, source: str = "model",
-                 run_config: dict | None = None, data: str = ""):
+    def __init__(
+        self,
+        model,
+        labels: list[str],
+        preprocessing: Preprocessing,
+        source: str = "model",
+        run_config: dict | None = None,
+        data: str = "",
+    ):
         import torch
 
         self._torch = torch
@@ -159,15 +167,22 @@ def open_model(path: str | Path) -> FeatureModel:
         from training.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path)
-        return TorchFeatureModel(ckpt.build_model(), ckpt.labels, ckpt.preprocessing, source=f"checkpoint {path}",
-                                 run_config=ckpt.config, data=ckpt.data)
+        return TorchFeatureModel(
+            ckpt.build_model(),
+            ckpt.labels,
+            ckpt.preprocessing,
+            source=f"checkpoint {path}",
+            run_config=ckpt.config,
+            data=ckpt.data,
+        )
     if not path.exists():
         raise StriateError(f"not found: {path}")
     raise StriateError(f"{path}: expected a .pt checkpoint or a bundle folder with {MANIFEST_FILE}")
 
 
-def onnx_classifier(path: str | Path, input_name: str | None = None,
-                    output_name: str | None = None) -> tuple[Callable[[np.ndarray], np.ndarray], tuple]:
+def onnx_classifier(
+    path: str | Path, input_name: str | None = None, output_name: str | None = None
+) -> tuple[Callable[[np.ndarray], np.ndarray], tuple]:
     """Any ONNX classifier as `logits_fn(x [N, C, H, W]) -> [N, K]`, plus its input shape.
 
     Defaults to the graph's first input and first output: no Striate manifest is needed, which is
@@ -176,16 +191,20 @@ def onnx_classifier(path: str | Path, input_name: str | None = None,
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    inp = session.get_inputs()[0] if input_name is None else next(
-        (i for i in session.get_inputs() if i.name == input_name), None)
+    inp = (
+        session.get_inputs()[0]
+        if input_name is None
+        else next((i for i in session.get_inputs() if i.name == input_name), None)
+    )
     if inp is None:
         raise StriateError(f"{path} has no input named {input_name!r}")
     out_name = output_name or session.get_outputs()[0].name
 
     def logits_fn(x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return np.concatenate([session.run([out_name], {inp.name: x[i : i + BATCH]})[0]
-                               for i in range(0, len(x), BATCH)])
+        return np.concatenate(
+            [session.run([out_name], {inp.name: x[i : i + BATCH]})[0] for i in range(0, len(x), BATCH)]
+        )
 
     return logits_fn, tuple(inp.shape)
 

@@ -60,8 +60,15 @@ def _windows(size: int, patch: int, stride: int) -> list[int]:
     return starts
 
 
-def occlusion_sensitivity(logits_fn: LogitsFn, x: np.ndarray, target: int, patch: int = 4, stride: int = 2,
-                          score: str = "logit", batch: int = 256) -> np.ndarray:
+def occlusion_sensitivity(
+    logits_fn: LogitsFn,
+    x: np.ndarray,
+    target: int,
+    patch: int = 4,
+    stride: int = 2,
+    score: str = "logit",
+    batch: int = 256,
+) -> np.ndarray:
     """[H, W] importance of each pixel of `x` [C, H, W] for class `target`.
 
     Gradient-free: only forward passes, so it explains any ONNX classifier. A pixel's value is the
@@ -92,8 +99,9 @@ def occlusion_sensitivity(logits_fn: LogitsFn, x: np.ndarray, target: int, patch
     return (total / np.maximum(count, 1)).astype(np.float32)
 
 
-def score_cam(logits_fn: LogitsFn, maps_fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, target: int,
-              batch: int = 256) -> np.ndarray:
+def score_cam(
+    logits_fn: LogitsFn, maps_fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, target: int, batch: int = 256
+) -> np.ndarray:
     """[H, W] Score-CAM map in [0, 1] of `x` [C, H, W] for `target`, from the layer's maps [1, K, h, w]."""
     acts = maps_fn(x[None])[0]  # [K, h, w]
     h, w = x.shape[1:]
@@ -108,16 +116,19 @@ def score_cam(logits_fn: LogitsFn, maps_fn: Callable[[np.ndarray], np.ndarray], 
     return _minmax(upsample(cam, (h, w)))
 
 
-def onnx_gradcam(explain_path: str | Path, input_name: str = "image", target_name: str = "target",
-                 cam_name: str = "cam") -> ExplainFn:
+def onnx_gradcam(
+    explain_path: str | Path, input_name: str = "image", target_name: str = "target", cam_name: str = "cam"
+) -> ExplainFn:
     """Grad-CAM from a bundle's explain graph (onnxruntime), upsampled to the input size."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(explain_path), providers=["CPUExecutionProvider"])
 
     def explain(x: np.ndarray, target: np.ndarray) -> np.ndarray:
-        cams = session.run([cam_name], {input_name: np.ascontiguousarray(x, dtype=np.float32),
-                                        target_name: np.asarray(target, dtype=np.int64)})[0]
+        cams = session.run(
+            [cam_name],
+            {input_name: np.ascontiguousarray(x, dtype=np.float32), target_name: np.asarray(target, dtype=np.int64)},
+        )[0]
         return np.stack([upsample(c, x.shape[2:]) for c in cams])
 
     return explain
@@ -134,8 +145,10 @@ def torch_gradcam(model) -> ExplainFn:
     def explain(x: np.ndarray, target: np.ndarray) -> np.ndarray:
         cam = GradCAM(model=model, target_layers=[layer])
         try:
-            out = cam(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-                      targets=[ClassifierOutputTarget(int(t)) for t in target])
+            out = cam(
+                torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                targets=[ClassifierOutputTarget(int(t)) for t in target],
+            )
         finally:
             cam.activations_and_grads.release()
         return np.asarray(out, dtype=np.float32)
@@ -153,8 +166,9 @@ def _ranked_mask(importance: np.ndarray, fraction: float, rng: np.random.Generat
     return mask.reshape(importance.shape)
 
 
-def remove_pixels(x: np.ndarray, mask: np.ndarray, fill: str, rng: np.random.Generator,
-                  noise: float = 0.01) -> np.ndarray:
+def remove_pixels(
+    x: np.ndarray, mask: np.ndarray, fill: str, rng: np.random.Generator, noise: float = 0.01
+) -> np.ndarray:
     """`x` [C, H, W] with the `mask` [H, W] pixels removed.
 
     fill="road": noisy linear imputation from the neighbouring kept pixels (ROAD, Rong et al. 2022,
@@ -176,9 +190,17 @@ def remove_pixels(x: np.ndarray, mask: np.ndarray, fill: str, rng: np.random.Gen
     return out.astype(np.float32)
 
 
-def deletion_drops(logits_fn: LogitsFn, x: np.ndarray, target: int, importance: np.ndarray | None,
-                   fractions: tuple[float, ...] = DEFAULT_FRACTIONS, seed: int = 0, repeats: int = 1,
-                   fill: str = "road", least_first: bool = False) -> np.ndarray:
+def deletion_drops(
+    logits_fn: LogitsFn,
+    x: np.ndarray,
+    target: int,
+    importance: np.ndarray | None,
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    repeats: int = 1,
+    fill: str = "road",
+    least_first: bool = False,
+) -> np.ndarray:
     """Drop in the probability of `target` when the top-k% pixels of `importance` are removed
     (the bottom-k% with `least_first`; random pixels averaged over `repeats` draws when
     `importance` is None), one value per fraction."""
@@ -241,15 +263,28 @@ class GalleryResult:
         for method, d in self.drops.items():
             morf = float(d.mean())
             lerf = float(self.lerf[method].mean()) if method in self.lerf else morf
-            out[method] = {"morf": morf, "lerf": lerf, "faithfulness": morf - lerf,
-                           "excess_over_random": morf - rand,
-                           **{f"morf@{f:g}": float(v) for f, v in zip(self.fractions, d.mean(0), strict=True)}}
+            out[method] = {
+                "morf": morf,
+                "lerf": lerf,
+                "faithfulness": morf - lerf,
+                "excess_over_random": morf - rand,
+                **{f"morf@{f:g}": float(v) for f, v in zip(self.fractions, d.mean(0), strict=True)},
+            }
         return out
 
 
-def build_gallery(logits_fn: LogitsFn, x: np.ndarray, y: np.ndarray, methods: dict[str, Callable],
-                  n_correct: int = 4, n_wrong: int = 4, fractions: tuple[float, ...] = DEFAULT_FRACTIONS,
-                  random_repeats: int = 5, seed: int = 0, fill: str = "road") -> GalleryResult:
+def build_gallery(
+    logits_fn: LogitsFn,
+    x: np.ndarray,
+    y: np.ndarray,
+    methods: dict[str, Callable],
+    n_correct: int = 4,
+    n_wrong: int = 4,
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS,
+    random_repeats: int = 5,
+    seed: int = 0,
+    fill: str = "road",
+) -> GalleryResult:
     """Explain the chosen images with every method (`name -> fn(x [C,H,W], target) -> [H, W]`) and
     score each map's faithfulness against random deletion, explaining the predicted class."""
     probs = softmax(logits_fn(x))
@@ -262,10 +297,12 @@ def build_gallery(logits_fn: LogitsFn, x: np.ndarray, y: np.ndarray, methods: di
         for name, fn in methods.items():
             item.maps[name] = np.asarray(fn(x[i], pred), dtype=np.float32)
             for least_first, store in ((False, drops), (True, lerf)):
-                store[name].append(deletion_drops(logits_fn, x[i], pred, item.maps[name], fractions, seed,
-                                                  fill=fill, least_first=least_first))
-        drops["random"].append(deletion_drops(logits_fn, x[i], pred, None, fractions, seed, random_repeats,
-                                              fill=fill))
+                store[name].append(
+                    deletion_drops(
+                        logits_fn, x[i], pred, item.maps[name], fractions, seed, fill=fill, least_first=least_first
+                    )
+                )
+        drops["random"].append(deletion_drops(logits_fn, x[i], pred, None, fractions, seed, random_repeats, fill=fill))
         items.append(item)
 
     def arrays(d: dict[str, list]) -> dict[str, np.ndarray]:
@@ -284,8 +321,11 @@ def plot_gallery(result: GalleryResult, x: np.ndarray, labels: list[str], path: 
         img, cmap = image_for_display(x[item.index])
         ok = "correct" if item.pred == item.true else "WRONG"
         axes[r, 0].imshow(img, cmap=cmap, interpolation="nearest")
-        axes[r, 0].set_title(f"{ok}: true {labels[item.true]}\npred {labels[item.pred]} ({item.confidence:.2f})",
-                             fontsize=8, color="black" if ok == "correct" else "crimson")
+        axes[r, 0].set_title(
+            f"{ok}: true {labels[item.true]}\npred {labels[item.pred]} ({item.confidence:.2f})",
+            fontsize=8,
+            color="black" if ok == "correct" else "crimson",
+        )
         for c, method in enumerate(methods, start=1):
             axes[r, c].imshow(img, cmap=cmap, interpolation="nearest")
             heat = item.maps[method]
@@ -314,8 +354,11 @@ def plot_faithfulness(result: GalleryResult, path: str | Path) -> Path:
     how = "imputed (ROAD)" if result.fill == "road" else "replaced by the image mean"
     ax.set_xlabel(f"% of pixels removed ({how})")
     ax.set_ylabel("drop in predicted-class probability")
-    ax.set_title(f"Faithfulness on {len(result.items)} images: a faithful map drops the solid line\n"
-                 "high and keeps the dotted one low", fontsize=10)
+    ax.set_title(
+        f"Faithfulness on {len(result.items)} images: a faithful map drops the solid line\n"
+        "high and keeps the dotted one low",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return save_figure(fig, path)
@@ -333,19 +376,45 @@ def write_results(result: GalleryResult, labels: list[str], out_dir: str | Path)
             for order, table in (("most_first", result.drops), ("least_first", result.lerf)):
                 for method, d in table.items():
                     for f, v in zip(result.fractions, d[n], strict=True):
-                        writer.writerow([item.index, labels[item.true], labels[item.pred],
-                                         f"{item.confidence:.6f}", method, order, f, f"{v:.6f}"])
-    json_path.write_text(json.dumps({"images": len(result.items), "fractions": list(result.fractions),
-                                     "fill": result.fill, "methods": result.summary()}, indent=2) + "\n",
-                         encoding="utf-8")
+                        writer.writerow(
+                            [
+                                item.index,
+                                labels[item.true],
+                                labels[item.pred],
+                                f"{item.confidence:.6f}",
+                                method,
+                                order,
+                                f,
+                                f"{v:.6f}",
+                            ]
+                        )
+    json_path.write_text(
+        json.dumps(
+            {
+                "images": len(result.items),
+                "fractions": list(result.fractions),
+                "fill": result.fill,
+                "methods": result.summary(),
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     return csv_path, json_path
 
 
 METHODS = ("gradcam", "occlusion", "scorecam")
 
 
-def make_methods(names: list[str], logits_fn: LogitsFn, feature_model=None, patch: int = 4, stride: int = 2,
-                 scorecam_layer: str | None = None) -> dict[str, Callable[[np.ndarray, int], np.ndarray]]:
+def make_methods(
+    names: list[str],
+    logits_fn: LogitsFn,
+    feature_model=None,
+    patch: int = 4,
+    stride: int = 2,
+    scorecam_layer: str | None = None,
+) -> dict[str, Callable[[np.ndarray, int], np.ndarray]]:
     """Per-image explainers `fn(x [C, H, W], target) -> [H, W]` for the requested method names.
 
     `feature_model` (an `extract.FeatureModel`) is needed by Grad-CAM (its explain graph or torch
@@ -361,20 +430,23 @@ def make_methods(names: list[str], logits_fn: LogitsFn, feature_model=None, patc
         elif name == "gradcam":
             if isinstance(feature_model, OnnxFeatureModel) and feature_model.explain_path is not None:
                 spec = feature_model.manifest.explain
-                batched = onnx_gradcam(feature_model.explain_path, feature_model.manifest.input.name,
-                                       spec.target_input, spec.cam_output)
+                batched = onnx_gradcam(
+                    feature_model.explain_path, feature_model.manifest.input.name, spec.target_input, spec.cam_output
+                )
             elif isinstance(feature_model, TorchFeatureModel):
                 batched = torch_gradcam(feature_model.model)
             else:
                 raise ValueError("Grad-CAM needs a checkpoint or a bundle with an explain graph")
             out[name] = lambda x, t, f=batched: f(x[None], np.asarray([t]))[0]
         elif name == "scorecam":
-            layer = scorecam_layer or (feature_model.map_layers[-1] if feature_model and feature_model.map_layers
-                                       else None)
+            layer = scorecam_layer or (
+                feature_model.map_layers[-1] if feature_model and feature_model.map_layers else None
+            )
             if layer is None:
                 raise ValueError("Score-CAM needs a model that exposes its last feature map")
             out[name] = lambda x, t, m=feature_model, lay=layer: score_cam(
-                logits_fn, lambda b: m.feature_maps(b, lay), x, t)
+                logits_fn, lambda b: m.feature_maps(b, lay), x, t
+            )
         else:
             raise ValueError(f"unknown explanation method {name!r}: choose from {', '.join(METHODS)}")
     return out

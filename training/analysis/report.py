@@ -85,8 +85,7 @@ def plot_confusion(confusion: np.ndarray, labels: list[str], path: Path) -> Path
             for j in range(n):
                 if confusion[i, j]:
                     color = "white" if rate[i, j] > 0.5 else "black"
-                    ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center", color=color,
-                            fontsize=8)
+                    ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center", color=color, fontsize=8)
     ax.set_title("Confusion matrix")
     return save_figure(fig, path)
 
@@ -108,8 +107,13 @@ def _load_config(run_dir: Path) -> dict[str, Any] | None:
                 ckpt = load_checkpoint(run_dir / name)
             except (StriateError, ImportError):
                 continue
-            return {"arch": ckpt.arch, "arch_kwargs": ckpt.arch_kwargs, "data": ckpt.data,
-                    "epoch": ckpt.epoch, **ckpt.config}
+            return {
+                "arch": ckpt.arch,
+                "arch_kwargs": ckpt.arch_kwargs,
+                "data": ckpt.data,
+                "epoch": ckpt.epoch,
+                **ckpt.config,
+            }
     return None
 
 
@@ -177,8 +181,7 @@ def write_report(run_dir: str | Path) -> Path:
             seconds = [r.get("seconds") for r in history if isinstance(r.get("seconds"), int | float)]
             if seconds:
                 summary.append(["training time (s)", float(sum(seconds))])
-        sections.append(f"<h2>Summary ({html.escape(str(split))} split)</h2>"
-                        + _table(["metric", "value"], summary))
+        sections.append(f"<h2>Summary ({html.escape(str(split))} split)</h2>" + _table(["metric", "value"], summary))
     if history:
         plot_curves(history, run_dir / CURVES_PNG)
         sections.append(f'<h2>Learning curves</h2><img src="{CURVES_PNG}" alt="loss and accuracy per epoch">')
@@ -192,11 +195,16 @@ def write_report(run_dir: str | Path) -> Path:
         else:
             notes.append("metrics.json's confusion matrix is not square: not drawn.")
     if metrics and metrics.get("labels"):
-        sections.append("<h2>Per-class precision and recall</h2>"
-                        + _table(["class", "precision", "recall", "F1", "support"], _per_class_rows(metrics)))
+        sections.append(
+            "<h2>Per-class precision and recall</h2>"
+            + _table(["class", "precision", "recall", "F1", "support"], _per_class_rows(metrics))
+        )
     if history:
-        keys = [k for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
-                if any(k in r for r in history)]
+        keys = [
+            k
+            for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+            if any(k in r for r in history)
+        ]
         rows = [[r.get(k, "-") for k in keys] for r in history]
         sections.append("<h2>History</h2>" + _table(keys, rows))
     config = _load_config(run_dir)
@@ -206,9 +214,11 @@ def write_report(run_dir: str | Path) -> Path:
 
     note_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
     title = f"Training report: {run_dir.name}"
-    page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>"
-            f"<h1>{html.escape(title)}</h1>{note_html}{''.join(sections)}</body></html>\n")
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>"
+        f"<h1>{html.escape(title)}</h1>{note_html}{''.join(sections)}</body></html>\n"
+    )
     out = run_dir / REPORT_HTML
     out.write_text(page, encoding="utf-8")
     return out

@@ -32,9 +32,16 @@ def _map_labels(names: list[str], model_labels: list[str]) -> np.ndarray:
     raise StriateError(f"the data's classes {names[:10]} do not match the model's labels {model_labels[:10]}")
 
 
-def load_sample(model_labels: list[str], spec: Preprocessing, data: str | None = "digits",
-                data_dir: str | Path | None = None, n: int = 500, seed: int = 0, split: str = "test",
-                run_config: dict[str, Any] | None = None) -> Sample:
+def load_sample(
+    model_labels: list[str],
+    spec: Preprocessing,
+    data: str | None = "digits",
+    data_dir: str | Path | None = None,
+    n: int = 500,
+    seed: int = 0,
+    split: str = "test",
+    run_config: dict[str, Any] | None = None,
+) -> Sample:
     """A stratified sample of about `n` images of `split` ("train", "val", "test" or "all")."""
     from training.config import TrainConfig
     from training.data.datasets import load_source, split_source
@@ -45,8 +52,9 @@ def load_sample(model_labels: list[str], spec: Preprocessing, data: str | None =
     if name not in ("digits", "shapes", "folder"):
         raise StriateError(f"unknown dataset {data!r}: use digits, shapes or --data-dir DIR")
     known = {k: v for k, v in (run_config or {}).items() if k in SPLIT_KEYS}
-    config = TrainConfig.from_dict({**known, "data": name, "on_bad_image": "skip",
-                                    "data_dir": str(data_dir) if data_dir is not None else None})
+    config = TrainConfig.from_dict(
+        {**known, "data": name, "on_bad_image": "skip", "data_dir": str(data_dir) if data_dir is not None else None}
+    )
     source = load_source(config)
     indices = np.arange(len(source)) if split == "all" else getattr(split_source(source, config), split)
     if len(indices) == 0:

@@ -39,8 +39,9 @@ class LayerSeparability:
     folds: int
 
 
-def layer_separability(features: np.ndarray, y: np.ndarray, k: int = 5, folds: int = 5,
-                       seed: int = 0) -> tuple[float, float, float, int]:
+def layer_separability(
+    features: np.ndarray, y: np.ndarray, k: int = 5, folds: int = 5, seed: int = 0
+) -> tuple[float, float, float, int]:
     """(silhouette, k-NN accuracy, linear-probe accuracy, folds used) of the classes `y` in
     `features`; both accuracies are stratified-k-fold cross-validated."""
     x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
@@ -60,8 +61,9 @@ def layer_separability(features: np.ndarray, y: np.ndarray, k: int = 5, folds: i
     return sil, knn_acc, linear_acc, folds
 
 
-def separability_scores(features: dict[str, np.ndarray], y: np.ndarray, k: int = 5, folds: int = 5,
-                        seed: int = 0) -> list[LayerSeparability]:
+def separability_scores(
+    features: dict[str, np.ndarray], y: np.ndarray, k: int = 5, folds: int = 5, seed: int = 0
+) -> list[LayerSeparability]:
     """One `LayerSeparability` per layer, in the order given."""
     out = []
     for name, feats in features.items():
@@ -93,12 +95,17 @@ def tsne_2d(features: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> np
     if x.shape[1] > 50 and len(x) > 50:
         x = PCA(n_components=50, random_state=seed).fit_transform(x)
     perplexity = float(min(perplexity, max(2.0, (len(x) - 1) / 3.0)))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                max_iter=500).fit_transform(x)
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, max_iter=500).fit_transform(x)
 
 
-def plot_separability(points: dict[str, np.ndarray], y: np.ndarray, labels: list[str],
-                      scores: list[LayerSeparability], path: str | Path, title: str = "") -> Path:
+def plot_separability(
+    points: dict[str, np.ndarray],
+    y: np.ndarray,
+    labels: list[str],
+    scores: list[LayerSeparability],
+    path: str | Path,
+    title: str = "",
+) -> Path:
     """One panel per layer (3.6 x 3.6 in each, up to 5 per row, + 1.2 in for the legend and 0.4 in
     for a title), points coloured by class."""
     rows, cols = grid_shape(len(points), max_cols=5)
@@ -110,19 +117,27 @@ def plot_separability(points: dict[str, np.ndarray], y: np.ndarray, labels: list
     for ax, (name, pts) in zip(axes, points.items(), strict=False):
         for c in present:
             mask = y == c
-            ax.scatter(pts[mask, 0], pts[mask, 1], s=6, color=colors[c], label=labels[c], alpha=0.8,
-                       linewidths=0)
+            ax.scatter(pts[mask, 0], pts[mask, 1], s=6, color=colors[c], label=labels[c], alpha=0.8, linewidths=0)
         s = by_layer.get(name)
-        sub = (f"\nsilhouette {s.silhouette:.2f} · {s.knn_k}-NN {s.knn_accuracy:.3f}"
-               f" · linear {s.linear_accuracy:.3f}" if s else "")
+        sub = (
+            f"\nsilhouette {s.silhouette:.2f} · {s.knn_k}-NN {s.knn_accuracy:.3f} · linear {s.linear_accuracy:.3f}"
+            if s
+            else ""
+        )
         ax.set_title(f"{name} ({s.dim if s else pts.shape[1]}-d){sub}", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax in axes[len(points):]:
+    for ax in axes[len(points) :]:
         ax.axis("off")
     handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside right center", markerscale=2.5, title="class",
-               fontsize=8 if len(labels) <= 20 else 6)
+    fig.legend(
+        handles,
+        names,
+        loc="outside right center",
+        markerscale=2.5,
+        title="class",
+        fontsize=8 if len(labels) <= 20 else 6,
+    )
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
@@ -142,9 +157,17 @@ def write_scores(scores: list[LayerSeparability], out_dir: str | Path) -> tuple[
     return csv_path, json_path
 
 
-def run_separability(features: dict[str, np.ndarray], y: np.ndarray, labels: list[str], out_dir: str | Path,
-                     perplexity: float = 30.0, k: int = 5, folds: int = 5, seed: int = 0,
-                     title: str = "") -> list[LayerSeparability]:
+def run_separability(
+    features: dict[str, np.ndarray],
+    y: np.ndarray,
+    labels: list[str],
+    out_dir: str | Path,
+    perplexity: float = 30.0,
+    k: int = 5,
+    folds: int = 5,
+    seed: int = 0,
+    title: str = "",
+) -> list[LayerSeparability]:
     """Scores, t-SNE figure (separability.png) and tables for every layer in `features`."""
     scores = separability_scores(features, y, k=k, folds=folds, seed=seed)
     points = {name: tsne_2d(f, perplexity=perplexity, seed=seed) for name, f in features.items()}

@@ -93,16 +93,25 @@ class Specialization:
         return np.nanargmax(np.nan_to_num(self.auc, nan=-1.0), axis=1)
 
 
-def analyse_layer(features: np.ndarray, y: np.ndarray, labels: list[str], target: int, layer: str = "",
-                  seed: int = 0) -> Specialization:
+def analyse_layer(
+    features: np.ndarray, y: np.ndarray, labels: list[str], target: int, layer: str = "", seed: int = 0
+) -> Specialization:
     x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
     k = len(labels)
     dead = x.std(0) < 1e-12
     mds = np.full((x.shape[1], 2), np.nan)  # dead neurons have no activation pattern to place
     if (~dead).sum() >= 3:
         mds[~dead] = neuron_mds(x[:, ~dead], seed=seed)
-    return Specialization(layer=layer, labels=list(labels), target=target, auc=class_auc(x, y, k),
-                          fisher=class_fisher(x, y, k), mean=x.mean(0), dead=dead, mds=mds)
+    return Specialization(
+        layer=layer,
+        labels=list(labels),
+        target=target,
+        auc=class_auc(x, y, k),
+        fisher=class_fisher(x, y, k),
+        mean=x.mean(0),
+        dead=dead,
+        mds=mds,
+    )
 
 
 def plot_specialization(spec: Specialization, path: str | Path) -> Path:
@@ -115,19 +124,37 @@ def plot_specialization(spec: Specialization, path: str | Path) -> Path:
     target = spec.labels[spec.target]
     order = np.argsort(np.abs(np.nan_to_num(auc_t, nan=0.5) - 0.5))  # most specialised drawn on top
     order = order[alive[order]]
-    sc = left.scatter(pts[order, 0], pts[order, 1], c=auc_t[order], cmap="coolwarm",
-                      norm=Normalize(0.0, 1.0), s=28, edgecolors="k", linewidths=0.3)
+    sc = left.scatter(
+        pts[order, 0],
+        pts[order, 1],
+        c=auc_t[order],
+        cmap="coolwarm",
+        norm=Normalize(0.0, 1.0),
+        s=28,
+        edgecolors="k",
+        linewidths=0.3,
+    )
     fig.colorbar(sc, ax=left, label=f"AUC for class {target} vs rest")
-    left.set_title(f"{spec.layer}: {int(alive.sum())} neurons (MDS of 1 - correlation)\n"
-                   f"coloured by discriminative power for class {target}", fontsize=10)
+    left.set_title(
+        f"{spec.layer}: {int(alive.sum())} neurons (MDS of 1 - correlation)\n"
+        f"coloured by discriminative power for class {target}",
+        fontsize=10,
+    )
     best = spec.best_class
     best_auc = spec.auc[np.arange(len(best)), best]
     colors = class_colors(len(spec.labels))
     for c in range(len(spec.labels)):
         m = alive & (best == c)
         if m.any():
-            right.scatter(pts[m, 0], pts[m, 1], color=colors[c], s=8 + 60 * np.clip((best_auc[m] - 0.5) * 2, 0, 1),
-                          label=spec.labels[c], edgecolors="k", linewidths=0.3)
+            right.scatter(
+                pts[m, 0],
+                pts[m, 1],
+                color=colors[c],
+                s=8 + 60 * np.clip((best_auc[m] - 0.5) * 2, 0, 1),
+                label=spec.labels[c],
+                edgecolors="k",
+                linewidths=0.3,
+            )
     right.set_title("coloured by each neuron's preferred class\n(size = its AUC for that class)", fontsize=10)
     if len(spec.labels) <= 20:
         right.legend(fontsize=7, title="class", loc="best", markerscale=1.0)
@@ -145,21 +172,48 @@ def write_csv(spec: Specialization, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     t, target = spec.target, spec.labels[spec.target]
     best = spec.best_class
-    header = ["neuron", f"auc_{target}", f"fisher_{target}", "best_class", "best_auc", "mean_activation",
-              "dead", "mds_x", "mds_y", *(f"auc_class_{label}" for label in spec.labels)]
+    header = [
+        "neuron",
+        f"auc_{target}",
+        f"fisher_{target}",
+        "best_class",
+        "best_auc",
+        "mean_activation",
+        "dead",
+        "mds_x",
+        "mds_y",
+        *(f"auc_class_{label}" for label in spec.labels),
+    ]
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
         for j in range(len(spec.mean)):
-            writer.writerow([j, f"{spec.auc[j, t]:.6f}", f"{spec.fisher[j, t]:.6f}", spec.labels[best[j]],
-                             f"{spec.auc[j, best[j]]:.6f}", f"{spec.mean[j]:.6f}", int(spec.dead[j]),
-                             f"{spec.mds[j, 0]:.6f}", f"{spec.mds[j, 1]:.6f}",
-                             *(f"{a:.6f}" for a in spec.auc[j])])
+            writer.writerow(
+                [
+                    j,
+                    f"{spec.auc[j, t]:.6f}",
+                    f"{spec.fisher[j, t]:.6f}",
+                    spec.labels[best[j]],
+                    f"{spec.auc[j, best[j]]:.6f}",
+                    f"{spec.mean[j]:.6f}",
+                    int(spec.dead[j]),
+                    f"{spec.mds[j, 0]:.6f}",
+                    f"{spec.mds[j, 1]:.6f}",
+                    *(f"{a:.6f}" for a in spec.auc[j]),
+                ]
+            )
     return path
 
 
-def run_specialization(features: np.ndarray, y: np.ndarray, labels: list[str], target: int, out_dir: str | Path,
-                       layer: str = "", seed: int = 0) -> Specialization:
+def run_specialization(
+    features: np.ndarray,
+    y: np.ndarray,
+    labels: list[str],
+    target: int,
+    out_dir: str | Path,
+    layer: str = "",
+    seed: int = 0,
+) -> Specialization:
     """specialization.png and specialization.csv in `out_dir`."""
     spec = analyse_layer(features, y, labels, target, layer=layer, seed=seed)
     plot_specialization(spec, Path(out_dir) / "specialization.png")

@@ -22,11 +22,19 @@ DEFAULT_OUT = "artifacts/analysis"  # each analysis writes into <out>/ (created)
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="CHECKPOINT_OR_BUNDLE", help="a .pt checkpoint or a bundle folder")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--data", choices=("digits", "shapes"), default=None,
-                     help="dataset (default: the one the model was trained on, when recorded)")
+    src.add_argument(
+        "--data",
+        choices=("digits", "shapes"),
+        default=None,
+        help="dataset (default: the one the model was trained on, when recorded)",
+    )
     src.add_argument("--data-dir", default=None, help="an ImageFolder directory (root/<class>/<image>)")
-    p.add_argument("--split", choices=("train", "val", "test", "all"), default="test",
-                   help="which split of the data to sample (default: test, the held-out images)")
+    p.add_argument(
+        "--split",
+        choices=("train", "val", "test", "all"),
+        default="test",
+        help="which split of the data to sample (default: test, the held-out images)",
+    )
     p.add_argument("--samples", type=int, default=500, help="images to sample, stratified (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
@@ -58,15 +66,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("gallery", help="Grad-CAM vs gradient-free explanations, with a faithfulness score")
     _common(p)
     p.set_defaults(samples=200)
-    p.add_argument("--methods", default="gradcam,occlusion,scorecam",
-                   help="comma-separated: gradcam, occlusion, scorecam (unsupported ones are skipped)")
+    p.add_argument(
+        "--methods",
+        default="gradcam,occlusion,scorecam",
+        help="comma-separated: gradcam, occlusion, scorecam (unsupported ones are skipped)",
+    )
     p.add_argument("--correct", type=int, default=4, help="correctly classified images (default: 4)")
     p.add_argument("--wrong", type=int, default=4, help="misclassified images, most confident first (default: 4)")
     p.add_argument("--patch", type=int, default=None, help="occlusion patch side in pixels (default: input/8)")
     p.add_argument("--stride", type=int, default=None, help="occlusion stride (default: patch/2)")
     p.add_argument("--fractions", default="0.05,0.1,0.2,0.3,0.5", help="pixel fractions removed for faithfulness")
-    p.add_argument("--fill", choices=("road", "mean"), default="road",
-                   help="how removed pixels are filled: ROAD noisy linear imputation or the image mean")
+    p.add_argument(
+        "--fill",
+        choices=("road", "mean"),
+        default="road",
+        help="how removed pixels are filled: ROAD noisy linear imputation or the image mean",
+    )
 
 
 def _infer_data(fm, args) -> tuple[str | None, str | None]:
@@ -93,8 +108,16 @@ def _sample(fm, args, labels: list[str], spec: Preprocessing):
     if args.samples < 2:
         raise StriateError("--samples must be at least 2")
     data, data_dir = _infer_data(fm, args)
-    return load_sample(labels, spec, data=data, data_dir=data_dir, n=args.samples, seed=args.seed,
-                       split=args.split, run_config=getattr(fm, "run_config", None))
+    return load_sample(
+        labels,
+        spec,
+        data=data,
+        data_dir=data_dir,
+        n=args.samples,
+        seed=args.seed,
+        split=args.split,
+        run_config=getattr(fm, "run_config", None),
+    )
 
 
 def _print_table(rows: list[list], header: list[str]) -> None:
@@ -115,10 +138,13 @@ def _separability(fm, args, out: Path) -> None:
     if not args.no_input:
         feats = {INPUT: sample.x.reshape(len(sample.x), -1), **feats}
     title = f"{fm.display_name}: {len(sample.y)} {args.split} images, t-SNE per layer"
-    scores = run_separability(feats, sample.y, fm.labels, out, perplexity=args.perplexity, k=args.k,
-                              seed=args.seed, title=title)
-    _print_table([[s.layer, s.dim, f"{s.silhouette:.3f}", f"{s.knn_accuracy:.3f}", f"{s.linear_accuracy:.3f}"]
-                  for s in scores], ["layer", "dim", "silhouette", f"{args.k}-NN acc", "linear acc"])
+    scores = run_separability(
+        feats, sample.y, fm.labels, out, perplexity=args.perplexity, k=args.k, seed=args.seed, title=title
+    )
+    _print_table(
+        [[s.layer, s.dim, f"{s.silhouette:.3f}", f"{s.knn_accuracy:.3f}", f"{s.linear_accuracy:.3f}"] for s in scores],
+        ["layer", "dim", "silhouette", f"{args.k}-NN acc", "linear acc"],
+    )
     print(f"wrote {out / 'separability.png'}, separability.csv, separability.json")
 
 
@@ -140,9 +166,10 @@ def _specialization(fm, args, out: Path) -> None:
     spec = run_specialization(feats, sample.y, fm.labels, target, out, layer=args.layer, seed=args.seed)
     auc = spec.auc[:, target]
     top = np.argsort(-np.nan_to_num(auc, nan=0))[:5]
-    print(f"{args.layer}: {len(auc)} neurons, {int(spec.dead.sum())} dead; class {fm.labels[target]}: "
-          f"{int((auc >= 0.9).sum())} neurons with AUC >= 0.9; best: "
-          + ", ".join(f"#{j} ({auc[j]:.3f})" for j in top))
+    print(
+        f"{args.layer}: {len(auc)} neurons, {int(spec.dead.sum())} dead; class {fm.labels[target]}: "
+        f"{int((auc >= 0.9).sum())} neurons with AUC >= 0.9; best: " + ", ".join(f"#{j} ({auc[j]:.3f})" for j in top)
+    )
     print(f"wrote {out / 'specialization.png'}, specialization.csv")
 
 
@@ -173,8 +200,15 @@ def _activations(fm, args, out: Path) -> None:
     pred = int(fm.logits(x)[0].argmax())
     c, h, w = maps.shape
     title = f"{layer}: {c} maps of {h}x{w} for {what}; predicted {fm.labels[pred]}"
-    path = plot_activation_grid(x[0], maps, out / f"activations_{layer}.png", layer=layer, title=title,
-                                max_channels=args.max_channels, shared_scale=args.shared_scale)
+    path = plot_activation_grid(
+        x[0],
+        maps,
+        out / f"activations_{layer}.png",
+        layer=layer,
+        title=title,
+        max_channels=args.max_channels,
+        shared_scale=args.shared_scale,
+    )
     print(f"wrote {path}")
 
 
@@ -193,8 +227,9 @@ def _gallery(fm, args, out: Path) -> None:
         if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
             raise StriateError(f"{args.model}: expected an image input [N, C, H, W] with fixed C, H, W")
         c, h, w = shape[1:]
-        spec = Preprocessing(color_mode="L" if c == 1 else "RGB", resize_size=(h, w), crop_size=(h, w),
-                             mean=(0.0,) * c, std=(1.0,) * c)
+        spec = Preprocessing(
+            color_mode="L" if c == 1 else "RGB", resize_size=(h, w), crop_size=(h, w), mean=(0.0,) * c, std=(1.0,) * c
+        )
         n_out = logits_fn(np.zeros((1, c, h, w), np.float32)).shape[1]
         labels = [str(i) for i in range(n_out)]
     else:
@@ -213,8 +248,17 @@ def _gallery(fm, args, out: Path) -> None:
             print(f"skipping {name}: {exc}")
     if not methods:
         raise StriateError("no explanation method applies to this model")
-    result = gallery.build_gallery(logits_fn, sample.x, sample.y, methods, n_correct=args.correct,
-                                   n_wrong=args.wrong, fractions=fractions, seed=args.seed, fill=args.fill)
+    result = gallery.build_gallery(
+        logits_fn,
+        sample.x,
+        sample.y,
+        methods,
+        n_correct=args.correct,
+        n_wrong=args.wrong,
+        fractions=fractions,
+        seed=args.seed,
+        fill=args.fill,
+    )
     if not result.items:
         raise StriateError("no images to explain (try --samples, --correct, --wrong)")
     gallery.plot_gallery(result, sample.x, labels, out / "gallery.png")
@@ -222,14 +266,22 @@ def _gallery(fm, args, out: Path) -> None:
     gallery.write_results(result, labels, out)
     summary = result.summary()
     n_wrong = sum(item.pred != item.true for item in result.items)
-    print(f"{len(result.items)} images ({n_wrong} misclassified); mean drop in predicted-class probability "
-          f"when {', '.join(f'{100 * f:g}' for f in fractions)}% of the pixels are removed ({args.fill}):")
-    _print_table([[m, f"{s['morf']:.3f}", f"{s['lerf']:.3f}", f"{s['faithfulness']:+.3f}",
-                   f"{s['excess_over_random']:+.3f}"] for m, s in summary.items()],
-                 ["method", "most-first", "least-first", "faithfulness", "most-first vs random"])
+    print(
+        f"{len(result.items)} images ({n_wrong} misclassified); mean drop in predicted-class probability "
+        f"when {', '.join(f'{100 * f:g}' for f in fractions)}% of the pixels are removed ({args.fill}):"
+    )
+    _print_table(
+        [
+            [m, f"{s['morf']:.3f}", f"{s['lerf']:.3f}", f"{s['faithfulness']:+.3f}", f"{s['excess_over_random']:+.3f}"]
+            for m, s in summary.items()
+        ],
+        ["method", "most-first", "least-first", "faithfulness", "most-first vs random"],
+    )
     print(f"wrote {out / 'gallery.png'}, faithfulness.png, faithfulness.csv, faithfulness.json")
-    (out / "gallery_settings.json").write_text(json.dumps(
-        {"patch": patch, "stride": stride, "methods": list(methods), "fractions": list(fractions)}, indent=2) + "\n")
+    (out / "gallery_settings.json").write_text(
+        json.dumps({"patch": patch, "stride": stride, "methods": list(methods), "fractions": list(fractions)}, indent=2)
+        + "\n"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -241,8 +293,12 @@ def run(args: argparse.Namespace) -> int:
     bare_onnx = args.analysis == "gallery" and path.suffix == ".onnx" and path.is_file()
     fm = None if bare_onnx else open_model(path)
     try:
-        {"separability": _separability, "specialization": _specialization,
-         "activations": _activations, "gallery": _gallery}[args.analysis](fm, args, out)
+        {
+            "separability": _separability,
+            "specialization": _specialization,
+            "activations": _activations,
+            "gallery": _gallery,
+        }[args.analysis](fm, args, out)
     finally:
         if fm is not None:
             fm.close()

@@ -19,17 +19,29 @@ from ..config import TrainConfig
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint file, or a run directory (its best.pt)")
-    parser.add_argument("--data", choices=["digits", "shapes", "folder"], default=None,
-                        help="dataset (default: the one the checkpoint was trained on)")
+    parser.add_argument(
+        "--data",
+        choices=["digits", "shapes", "folder"],
+        default=None,
+        help="dataset (default: the one the checkpoint was trained on)",
+    )
     parser.add_argument("--data-dir", default=None, help="ImageFolder root (implies --data folder)")
-    parser.add_argument("--split", choices=["train", "val", "test", "all"], default=None,
-                        help="which split (default: test for the training data, all for other data)")
+    parser.add_argument(
+        "--split",
+        choices=["train", "val", "test", "all"],
+        default=None,
+        help="which split (default: test for the training data, all for other data)",
+    )
     parser.add_argument("--arch", default=None, help="fail unless the checkpoint is this architecture")
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch (default: 256)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
-    parser.add_argument("--on-bad-image", choices=["skip", "fail"], default=None,
-                        help="a corrupt image in a folder: skip it or fail (default: as in training)")
+    parser.add_argument(
+        "--on-bad-image",
+        choices=["skip", "fail"],
+        default=None,
+        help="a corrupt image in a folder: skip it or fail (default: as in training)",
+    )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=True)
 

@@ -14,22 +14,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--backbone", help="a pretrained backbone by name, e.g. efficientnet_lite0, resnet18")
     source.add_argument("--checkpoint", help="a Striate checkpoint (.pt) from `striate train` / `finetune`")
-    parser.add_argument("--weights", default="imagenet",
-                        help="backbone weights: 'imagenet', a torchvision weights name, or a local file "
-                        "(default: imagenet)")
-    parser.add_argument("--input-size", type=int, default=None,
-                        help="backbone input side (default: its pretrained size, 224)")
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        help="backbone weights: 'imagenet', a torchvision weights name, or a local file (default: imagenet)",
+    )
+    parser.add_argument(
+        "--input-size", type=int, default=None, help="backbone input side (default: its pretrained size, 224)"
+    )
     parser.add_argument("--data-dir", required=True, help="folder of images (DIR/<class>/<image> gives labels)")
     parser.add_argument("--out", required=True, help="output file: .npy (plus a .csv of paths/labels) or .parquet")
-    parser.add_argument("--layer", default="embedding",
-                        help="embedding (default), logits, or a stage name (its spatially averaged map)")
+    parser.add_argument(
+        "--layer", default="embedding", help="embedding (default), logits, or a stage name (its spatially averaged map)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: auto)")
-    parser.add_argument("--on-bad-image", default="skip", choices=["skip", "fail"],
-                        help="an unreadable image: skip it with a warning (default) or fail")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=True,
-                        help="no progress bar")
+    parser.add_argument(
+        "--on-bad-image",
+        default="skip",
+        choices=["skip", "fail"],
+        help="an unreadable image: skip it with a warning (default) or fail",
+    )
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=True, help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,13 +67,20 @@ def run(args: argparse.Namespace) -> int:
         raise StriateError("--device cuda asked for but CUDA is not available")
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
     vectors, kept = extract_features(
-        model, spec, images, layer=args.layer, batch_size=args.batch_size, workers=args.workers,
-        device=device, progress=args.progress, on_bad_image=args.on_bad_image,
+        model,
+        spec,
+        images,
+        layer=args.layer,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=device,
+        progress=args.progress,
+        on_bad_image=args.on_bad_image,
     )
-    written = write_features(
-        args.out, vectors, [str(images.paths[i]) for i in kept], [images.labels[i] for i in kept]
-    )
+    written = write_features(args.out, vectors, [str(images.paths[i]) for i in kept], [images.labels[i] for i in kept])
     skipped = len(images.paths) - len(kept)
-    print(f"{len(kept)} images x {vectors.shape[1]} ({args.layer} of {what})"
-          f"{f', {skipped} unreadable skipped' if skipped else ''} -> {', '.join(map(str, written))}")
+    print(
+        f"{len(kept)} images x {vectors.shape[1]} ({args.layer} of {what})"
+        f"{f', {skipped} unreadable skipped' if skipped else ''} -> {', '.join(map(str, written))}"
+    )
     return 0

@@ -22,13 +22,31 @@ from ..finetune import MODES, FinetuneConfig
 D = FinetuneConfig.default
 
 _FIELD_FLAGS = {
-    "arch": "--backbone", "weights": "--weights", "mode": "--mode", "unfreeze_stages": "--unfreeze-stages",
-    "body_lr_mult": "--body-lr-mult", "head_hidden": "--head-hidden", "input_size": "--input-size",
-    "data": "--data", "data_dir": "--data-dir", "color_mode": "--color-mode", "val_fraction": "--val-fraction",
-    "test_fraction": "--test-fraction", "data_seed": "--data-seed", "shapes_per_class": "--shapes-per-class",
-    "on_bad_image": "--on-bad-image", "epochs": "--epochs", "batch_size": "--batch-size",
-    "optimizer": "--optimizer", "lr": "--lr", "weight_decay": "--weight-decay", "warmup_epochs": "--warmup-epochs",
-    "label_smoothing": "--label-smoothing", "seed": "--seed", "device": "--device", "workers": "--workers",
+    "arch": "--backbone",
+    "weights": "--weights",
+    "mode": "--mode",
+    "unfreeze_stages": "--unfreeze-stages",
+    "body_lr_mult": "--body-lr-mult",
+    "head_hidden": "--head-hidden",
+    "input_size": "--input-size",
+    "data": "--data",
+    "data_dir": "--data-dir",
+    "color_mode": "--color-mode",
+    "val_fraction": "--val-fraction",
+    "test_fraction": "--test-fraction",
+    "data_seed": "--data-seed",
+    "shapes_per_class": "--shapes-per-class",
+    "on_bad_image": "--on-bad-image",
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "optimizer": "--optimizer",
+    "lr": "--lr",
+    "weight_decay": "--weight-decay",
+    "warmup_epochs": "--warmup-epochs",
+    "label_smoothing": "--label-smoothing",
+    "seed": "--seed",
+    "device": "--device",
+    "workers": "--workers",
     "out": "--out",
 }
 
@@ -41,10 +59,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("backbone")
     opt("arch", "pretrained backbone, e.g. efficientnet_lite0, resnet18 (see `striate models`)")
-    opt("weights", "'imagenet', a torchvision weights name (IMAGENET1K_V1...), a local .pth file, or 'none' "
-        "to train from scratch")
-    opt("mode", "probe: frozen body + linear head; mlp: frozen body + MLP head; finetune: train the body too",
-        choices=list(MODES))
+    opt(
+        "weights",
+        "'imagenet', a torchvision weights name (IMAGENET1K_V1...), a local .pth file, or 'none' to train from scratch",
+    )
+    opt(
+        "mode",
+        "probe: frozen body + linear head; mlp: frozen body + MLP head; finetune: train the body too",
+        choices=list(MODES),
+    )
     opt("unfreeze_stages", "finetune only the last N stages (stem and earlier stages stay frozen)", type=int)
     opt("body_lr_mult", "the pretrained body learns at lr * this", type=float)
     opt("head_hidden", "hidden width of the MLP head (mode mlp: 256 when unset)", type=int)
@@ -59,8 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt("data_seed", "seed of the split and of the generated shapes", type=int)
     opt("shapes_per_class", "images per class of the generated shapes dataset", type=int)
     opt("on_bad_image", "a corrupt image in a folder: skip it or fail", choices=["skip", "fail"])
-    group.add_argument("--no-augment", dest="augment", action="store_false", default=None,
-                       help="train without augmentation")
+    group.add_argument(
+        "--no-augment", dest="augment", action="store_false", default=None, help="train without augmentation"
+    )
 
     group = parser.add_argument_group("optimisation and run")
     opt("epochs", "epochs", type=int)
@@ -75,13 +99,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt("workers", "DataLoader worker processes", type=int)
     opt("out", "run directory (default runs/<backbone>-<data>-<timestamp>); with --pretrained-only, the .pt path")
     parser.add_argument("--resume", metavar="RUN_DIR_OR_LAST_PT", default=None, help="continue a fine-tuning run")
-    parser.add_argument("--pretrained-only", action="store_true",
-                        help="write the backbone with its ImageNet classifier (1000 labels, its own preprocessing) "
-                        "as a checkpoint to --out, without training")
-    parser.add_argument("--no-report", dest="report", action="store_false", default=None,
-                        help="do not write the PNG/HTML report")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=True,
-                        help="no progress bars")
+    parser.add_argument(
+        "--pretrained-only",
+        action="store_true",
+        help="write the backbone with its ImageNet classifier (1000 labels, its own preprocessing) "
+        "as a checkpoint to --out, without training",
+    )
+    parser.add_argument(
+        "--no-report", dest="report", action="store_false", default=None, help="do not write the PNG/HTML report"
+    )
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=True, help="no progress bars")
 
 
 def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
@@ -103,8 +130,10 @@ def run(args: argparse.Namespace) -> int:
         backbone = resolve_backbone_name(args.arch or D("arch"))
         weights = args.weights or D("weights")
         path = save_pretrained_checkpoint(backbone, weights, args.out, args.input_size)
-        print(f"{path}: {backbone} with its ImageNet classifier ({weights}); export it with "
-              f"`striate export {path} --name <name>`")
+        print(
+            f"{path}: {backbone} with its ImageNet classifier ({weights}); export it with "
+            f"`striate export {path} --name <name>`"
+        )
         return 0
     config = config_from_args(args)
     if args.resume:
@@ -113,14 +142,18 @@ def run(args: argparse.Namespace) -> int:
 
         saved = load_checkpoint(resolve_resume(args.resume)).config
         keep = {"epochs", "device", "workers", "out", "report"}
-        merged = {**{k: v for k, v in saved.items() if k in FinetuneConfig.field_names()},
-                  **{k: getattr(config, k) for k in keep if getattr(args, k, None) is not None}}
+        merged = {
+            **{k: v for k, v in saved.items() if k in FinetuneConfig.field_names()},
+            **{k: getattr(config, k) for k in keep if getattr(args, k, None) is not None},
+        }
         if args.out is None:
             merged["out"] = None  # continue in the checkpoint's own run directory
         config = FinetuneConfig(**merged)
     result = finetune(config, resume=args.resume, progress=args.progress)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun only rank 0 reports (the others hold no metrics)
-    print(f"{result.run_dir}: best epoch {result.best_epoch}, val acc {result.best_val_acc:.4f}, "
-          f"test acc {result.test_metrics.get('accuracy', float('nan')):.4f}")
+    print(
+        f"{result.run_dir}: best epoch {result.best_epoch}, val acc {result.best_val_acc:.4f}, "
+        f"test acc {result.test_metrics.get('accuracy', float('nan')):.4f}"
+    )
     return 0

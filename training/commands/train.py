@@ -36,8 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt(g, "--test-fraction", "test_fraction", "test share of each class", type=float)
     opt(g, "--data-seed", "data_seed", "seed of the train/val/test split and of the generated shapes", type=int)
     opt(g, "--shapes-per-class", "shapes_per_class", "images per class of the generated shapes", type=int)
-    opt(g, "--on-bad-image", "on_bad_image", "a corrupt image in a folder: skip it (with a warning) or fail",
-        choices=["skip", "fail"])
+    opt(
+        g,
+        "--on-bad-image",
+        "on_bad_image",
+        "a corrupt image in a folder: skip it (with a warning) or fail",
+        choices=["skip", "fail"],
+    )
     g.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no augmentation")
 
     g = parser.add_argument_group("optimisation")
@@ -54,12 +59,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt(g, "--device", "device", "where to train", choices=["auto", "cpu", "cuda"])
     opt(g, "--workers", "workers", "DataLoader worker processes", type=int)
     opt(g, "--out", "out", "run directory (None: runs/<arch>-<data>-<timestamp>)")
-    g.add_argument("--resume", metavar="RUN_DIR_OR_LAST_PT", default=None,
-                   help="continue a run: epochs, optimizer and schedule state from its last.pt")
-    g.add_argument("--no-report", dest="report", action="store_false", default=None,
-                   help="do not write the PNG/HTML report after training")
-    g.add_argument("--no-progress", dest="progress", action="store_false", default=True,
-                   help="no progress bars (the per-epoch lines are still printed)")
+    g.add_argument(
+        "--resume",
+        metavar="RUN_DIR_OR_LAST_PT",
+        default=None,
+        help="continue a run: epochs, optimizer and schedule state from its last.pt",
+    )
+    g.add_argument(
+        "--no-report",
+        dest="report",
+        action="store_false",
+        default=None,
+        help="do not write the PNG/HTML report after training",
+    )
+    g.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=True,
+        help="no progress bars (the per-epoch lines are still printed)",
+    )
 
 
 def _explicit(args: argparse.Namespace) -> dict[str, Any]:

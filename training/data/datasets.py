@@ -79,9 +79,7 @@ def split_source(source: ImageSource, config: TrainConfig) -> Split:
             config.data_seed,
             source.classes,
         )
-    return stratified_split(
-        source.targets, config.val_fraction, config.test_fraction, config.data_seed, source.classes
-    )
+    return stratified_split(source.targets, config.val_fraction, config.test_fraction, config.data_seed, source.classes)
 
 
 def choose_preprocessing(config: TrainConfig, source: ImageSource, train_indices: np.ndarray) -> Preprocessing:

