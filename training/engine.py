@@ -426,19 +426,21 @@ class Trainer:
         _log(f"report: {path}")
 
 
-def train(
+def open_run(
     config: TrainConfig,
-    resume: str | Path | None = None,
-    data: DataSplits | None = None,
-    progress: bool = True,
-    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
-) -> TrainResult:
-    """Train a run described by `config` (or continue the run at `resume`) and return its result."""
-    model_entry(config.arch)  # an unknown architecture fails before any data is read
+    resume: str | Path | None,
+    check: Callable[[Checkpoint, TrainConfig], None] | None = None,
+) -> tuple[TrainConfig, Checkpoint | None]:
+    """Settle the run directory (a new one, or the one being resumed) and load the resume checkpoint.
+
+    Returns the config with `out` set to the run directory. A fresh run refuses a directory that
+    already holds one, so nothing is overwritten by accident.
+    """
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resolve_resume(resume))
-        check_resumable(ckpt, config)
+        if check is not None:
+            check(ckpt, config)
     run_dir = Path(config.out) if config.out else None
     if ckpt is not None and run_dir is None:
         assert ckpt.path is not None
@@ -449,7 +451,20 @@ def train(
         raise StriateError(
             f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out"
         )
-    config = replace(config, out=str(run_dir))
+    return replace(config, out=str(run_dir)), ckpt
+
+
+def train(
+    config: TrainConfig,
+    resume: str | Path | None = None,
+    data: DataSplits | None = None,
+    progress: bool = True,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train a run described by `config` (or continue the run at `resume`) and return its result."""
+    model_entry(config.arch)  # an unknown architecture fails before any data is read
+    config, ckpt = open_run(config, resume, check=check_resumable)
+    run_dir = Path(config.out)
     trainer = Trainer(config, data=data, resume=ckpt, progress=progress, on_epoch_end=on_epoch_end)
     try:
         return trainer.fit(run_dir)

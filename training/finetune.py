@@ -24,11 +24,11 @@ from striate.errors import StriateError
 from striate.manifest import Preprocessing
 
 from . import distributed as dist_utils
-from .checkpoint import Checkpoint, current_versions, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, current_versions, save_checkpoint
 from .config import TrainConfig
-from .data.datasets import DataSplits, ImageDataset, augment_kind, load_source, split_source
-from .data.transforms import EvalTransform, TrainTransform, fixed_size_spec
-from .engine import LAST, Trainer, TrainResult, default_run_dir, resolve_resume, seed_everything
+from .data.datasets import DataSplits, build_data
+from .data.transforms import fixed_size_spec
+from .engine import Trainer, TrainResult, open_run, seed_everything
 from .models import StriateModel, create_model
 from .models.backbones import backbone_preprocessing, imagenet_labels, resolve_backbone_name
 
@@ -98,18 +98,8 @@ def finetune_preprocessing(config: FinetuneConfig, whole_images: bool) -> Prepro
 
 
 def build_finetune_data(config: FinetuneConfig) -> DataSplits:
-    source = load_source(config)
-    split = split_source(source, config)
-    spec = finetune_preprocessing(config, whole_images=source.paths is None)
-    eval_tf = EvalTransform(spec)
-    return DataSplits(
-        train=ImageDataset(source, split.train, TrainTransform(spec, augment_kind(config))),
-        val=ImageDataset(source, split.val, eval_tf),
-        test=ImageDataset(source, split.test, eval_tf),
-        classes=source.classes,
-        preprocessing=spec,
-        description=source.name,
-    )
+    """The run's data with the backbone's own preprocessing (not statistics of the training split)."""
+    return build_data(config, lambda source, _train: finetune_preprocessing(config, whole_images=source.paths is None))
 
 
 # ----------------------------------------------------------------------------------- model
@@ -252,18 +242,8 @@ def finetune(
 ) -> TrainResult:
     """Fine-tune / probe `config.arch` on `config.data`; returns the engine's TrainResult."""
     config = replace(config, arch=resolve_backbone_name(config.arch))
-    ckpt = load_checkpoint(resolve_resume(resume)) if resume is not None else None
-    run_dir = Path(config.out) if config.out else None
-    if ckpt is not None and run_dir is None:
-        assert ckpt.path is not None
-        run_dir = ckpt.path.parent
-    if run_dir is None:
-        run_dir = default_run_dir(config)
-    elif ckpt is None and (run_dir / LAST).exists():
-        raise StriateError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out"
-        )
-    config = replace(config, out=str(run_dir))
+    config, ckpt = open_run(config, resume)
+    run_dir = Path(config.out)
     trainer = FinetuneTrainer(config, data=data, resume=ckpt, progress=progress)
     try:
         return trainer.fit(run_dir)

@@ -100,10 +100,18 @@ def augment_kind(config: TrainConfig) -> AugmentKind:
     return config.data if config.augment else "none"
 
 
-def build_data(config: TrainConfig) -> DataSplits:
+SpecChooser = Callable[[ImageSource, np.ndarray], Preprocessing]
+
+
+def build_data(config: TrainConfig, choose_spec: SpecChooser | None = None) -> DataSplits:
+    """Load, split and wrap a run's data. `choose_spec(source, train_indices)` picks the eval
+    preprocessing (default: `choose_preprocessing`, statistics from the training split)."""
     source = load_source(config)
     split = split_source(source, config)
-    spec = choose_preprocessing(config, source, split.train)
+    if choose_spec is None:
+        spec = choose_preprocessing(config, source, split.train)
+    else:
+        spec = choose_spec(source, split.train)
     eval_tf = EvalTransform(spec)
     return DataSplits(
         train=ImageDataset(source, split.train, TrainTransform(spec, augment_kind(config))),
