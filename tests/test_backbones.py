@@ -255,3 +255,43 @@ def test_imagenet_bundle_classifies_through_onnxruntime(tmp_path: Path, lite0: n
         logits = sess.run([manifest.logits_output], {"image": x})[0][0]
         onnx_top5 = [manifest.labels[i] for i in np.argsort(-logits)[:5]]
         assert onnx_top5 == _top5(lite0, _photo(name)), name
+
+
+def test_imagenet_bundle_served_over_http(tmp_path: Path) -> None:
+    """The pretrained ImageNet classifier, exported and served by a real uvicorn: photos get sensible
+    top-5 labels from a JPEG upload, and an explanation comes back with the prediction."""
+    import io
+
+    import httpx
+    from service_fixtures import make_settings, run_server
+
+    from training.checkpoint import save_checkpoint
+    from training.export import export_checkpoint
+    from training.finetune import pretrained_checkpoint
+
+    ckpt_path = save_checkpoint(pretrained_checkpoint("efficientnet_lite0", "imagenet"), tmp_path / "lite0.pt")
+    export_checkpoint(ckpt_path, "imagenet-lite0", out_root=tmp_path / "models")
+    expected = {"chelsea": {"tabby", "tiger cat", "Egyptian cat"}, "coffee": {"espresso", "cup", "coffee mug"}}
+    with run_server(make_settings(tmp_path / "models")) as url, httpx.Client(base_url=url, timeout=60) as client:
+        for name, labels in expected.items():
+            buf = io.BytesIO()
+            _photo(name).save(buf, format="JPEG", quality=92)
+            response = client.post(
+                "/v1/models/imagenet-lite0/classify?top_k=5",
+                content=buf.getvalue(),
+                headers={"content-type": "image/jpeg"},
+            )
+            assert response.status_code == 200, response.text
+            result = response.json()["results"][0]
+            top5 = {entry["label"] for entry in result["top_k"]}
+            assert result["label"] in labels and len(top5 & labels) >= 2, (name, top5)
+        explained = client.post(
+            "/v1/models/imagenet-lite0/explain",
+            content=buf.getvalue(),
+            headers={"content-type": "image/jpeg"},
+        )
+        assert explained.status_code == 200, explained.text
+        explanation = explained.json()["results"][0]
+        assert explanation["prediction"]["label"] in expected["coffee"]
+        cam = np.asarray(explanation["cam"])
+        assert cam.shape == (7, 7) and cam.max() == pytest.approx(1.0) and cam.min() >= 0.0
