@@ -70,13 +70,35 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     D.barrier()
     state = {k: v.detach().clone() for k, v in D.unwrap_model(model).state_dict().items()}
     torch.save({"state": state, "seen": seen, "mean_seen": mean_seen}, Path(out_dir) / f"rank{rank}.pt")
+    D.finish(info)
+    del model, opt
     D.cleanup()
 
 
+def _spawn_two_ranks(tmp_path: Path, attempts: int = 2) -> Path:
+    """Run `_worker` on two ranks; the folder where both wrote their results.
+
+    One known flake is forgiven, once: a rank killed by a signal *after* both ranks wrote their
+    results (torch's gloo / TCPStore teardown on rank 0 aborted once in CI with "terminate called
+    without an active exception"; not reproduced in 115 local runs). Any other failure fails the test.
+    """
+    for attempt in range(attempts):
+        out = tmp_path / f"attempt{attempt}"
+        out.mkdir()
+        try:
+            mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+            return out
+        except mp.ProcessExitedException as exc:
+            wrote_all = all((out / f"rank{r}.pt").exists() for r in range(2))
+            if attempt + 1 == attempts or exc.signal_name is None or not wrote_all:
+                raise
+    raise AssertionError("unreachable")
+
+
 def test_two_cpu_processes_end_with_identical_weights(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    out = _spawn_two_ranks(tmp_path)
+    r0 = torch.load(out / "rank0.pt", weights_only=True)
+    r1 = torch.load(out / "rank1.pt", weights_only=True)
     # Each rank saw its own half of the data (256 samples / 2 ranks x 2 epochs).
     assert r0["seen"] == r1["seen"] == 256
     assert r0["mean_seen"] == 256.0

@@ -156,7 +156,20 @@ def all_reduce_mean(value: float, info: DistInfo) -> float:
     return float(t.item()) / info.world_size
 
 
+def finish(info: DistInfo) -> None:
+    """End a successful distributed run: wait until every rank is done before any leaves.
+
+    Without it a fast rank closes its connections while a slow one still finishes its last step.
+    Not for the error path: a rank that failed must not wait for peers that may never arrive.
+    """
+    if info.distributed:
+        barrier()
+
+
 def cleanup() -> None:
-    """Leave the process group (no-op in a single process)."""
+    """Leave the process group (no-op in a single process).
+
+    Drop DDP wrappers before: each holds the process group, and so its gloo threads, alive.
+    """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

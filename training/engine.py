@@ -467,6 +467,9 @@ def train(
     run_dir = Path(config.out)
     trainer = Trainer(config, data=data, resume=ckpt, progress=progress, on_epoch_end=on_epoch_end)
     try:
-        return trainer.fit(run_dir)
+        result = trainer.fit(run_dir)
+        dist_utils.finish(trainer.info)
+        return result
     finally:
+        trainer.ddp_model = None  # let cleanup() free the process group while the interpreter is whole
         dist_utils.cleanup()

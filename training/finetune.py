@@ -246,8 +246,11 @@ def finetune(
     run_dir = Path(config.out)
     trainer = FinetuneTrainer(config, data=data, resume=ckpt, progress=progress)
     try:
-        return trainer.fit(run_dir)
+        result = trainer.fit(run_dir)
+        dist_utils.finish(trainer.info)
+        return result
     finally:
+        trainer.ddp_model = None  # let cleanup() free the process group while the interpreter is whole
         dist_utils.cleanup()
 
 
