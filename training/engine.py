@@ -454,6 +454,17 @@ def open_run(
     return replace(config, out=str(run_dir)), ckpt
 
 
+def fit_and_leave(trainer: Trainer, run_dir: Path) -> TrainResult:
+    """Fit, then leave the process group; after a good run every rank first waits for the others."""
+    try:
+        result = trainer.fit(run_dir)
+        dist_utils.finish(trainer.info)
+        return result
+    finally:
+        trainer.ddp_model = None  # the DDP wrapper holds the process group: drop it before leaving
+        dist_utils.cleanup()
+
+
 def train(
     config: TrainConfig,
     resume: str | Path | None = None,
@@ -466,10 +477,4 @@ def train(
     config, ckpt = open_run(config, resume, check=check_resumable)
     run_dir = Path(config.out)
     trainer = Trainer(config, data=data, resume=ckpt, progress=progress, on_epoch_end=on_epoch_end)
-    try:
-        result = trainer.fit(run_dir)
-        dist_utils.finish(trainer.info)
-        return result
-    finally:
-        trainer.ddp_model = None  # let cleanup() free the process group while the interpreter is whole
-        dist_utils.cleanup()
+    return fit_and_leave(trainer, run_dir)

@@ -28,7 +28,7 @@ from .checkpoint import Checkpoint, current_versions, save_checkpoint
 from .config import TrainConfig
 from .data.datasets import DataSplits, build_data
 from .data.transforms import fixed_size_spec
-from .engine import Trainer, TrainResult, open_run, seed_everything
+from .engine import Trainer, TrainResult, fit_and_leave, open_run, seed_everything
 from .models import StriateModel, create_model
 from .models.backbones import backbone_preprocessing, imagenet_labels, resolve_backbone_name
 
@@ -245,13 +245,7 @@ def finetune(
     config, ckpt = open_run(config, resume)
     run_dir = Path(config.out)
     trainer = FinetuneTrainer(config, data=data, resume=ckpt, progress=progress)
-    try:
-        result = trainer.fit(run_dir)
-        dist_utils.finish(trainer.info)
-        return result
-    finally:
-        trainer.ddp_model = None  # let cleanup() free the process group while the interpreter is whole
-        dist_utils.cleanup()
+    return fit_and_leave(trainer, run_dir)
 
 
 # ----------------------------------------------------------------------------------- pretrained
