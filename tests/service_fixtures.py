@@ -1,26 +1,33 @@
 """Test bundles and a real uvicorn server for the service tests.
 
-`build_bundle` exports a tiny torch CNN with `torch.onnx.export` into the bundle layout the exporter
-writes (model.onnx with logits/embedding/<stage>_pooled/<stage>_map, explain.onnx with Grad-CAM,
-manifest.json), so the service is tested on real onnxruntime sessions before (and besides) the
-real default bundle `exported/digits/1/`. Torch is used here, in tests only.
+`build_bundle` exports a tiny real CNN (a `StriateModel` with stages `s1`, `s2`) with the exporter's
+public API (`training.export.export_model`), so the service is tested on exactly what `striate export`
+writes: model.onnx, explain.onnx and manifest.json, parity-checked. Each distinct bundle is exported
+once per session and copied from that cache. Torch is used here, in tests only.
+
+`make_settings` builds service settings from explicit values only: `STRIATE_*` variables in the
+caller's environment never reach a test server.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import os
 import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+
+from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 # The real default bundle; STRIATE_TEST_DEFAULT_BUNDLE points the e2e tests at another digits bundle.
@@ -28,13 +35,16 @@ DEFAULT_BUNDLE = Path(os.environ.get("STRIATE_TEST_DEFAULT_BUNDLE", REPO / "expo
 STAGES = ("s1", "s2")
 
 
-def _tiny_net(in_chans: int, num_classes: int, seed: int):
+def tiny_net(in_chans: int, num_classes: int, seed: int):
+    """A two-stage CNN on the Striate model interface (GAP + linear head), seeded."""
     import torch
     from torch import nn
 
-    torch.manual_seed(seed)
+    from training.models.base import ClassifierHead, StriateModel
 
-    class TinyNet(nn.Module):
+    class TinyNet(StriateModel):
+        arch_name = "tinynet"
+
         def __init__(self) -> None:
             super().__init__()
             self.stem = nn.Sequential(nn.Conv2d(in_chans, 8, 3, padding=1), nn.ReLU())
@@ -44,43 +54,44 @@ def _tiny_net(in_chans: int, num_classes: int, seed: int):
                     "s2": nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU()),
                 }
             )
-            self.fc = nn.Linear(16, num_classes)
+            self.head = ClassifierHead(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), nn.Linear(16, num_classes))
+            self.arch_kwargs = {"in_chans": in_chans, "num_classes": num_classes}
 
-        def stage_maps(self, x):
-            x = self.stem(x)
-            maps = {}
-            for name, stage in self.stages.items():
-                x = stage(x)
-                maps[name] = x
-            return maps
+    torch.manual_seed(seed)
+    return TinyNet().eval()
 
-        def forward(self, x):
-            maps = self.stage_maps(x)
-            embedding = maps["s2"].mean(dim=(2, 3))
-            outs = [self.fc(embedding), embedding]
-            for name in STAGES:
-                outs += [maps[name].mean(dim=(2, 3)), maps[name]]
-            return tuple(outs)
 
-    class Explain(nn.Module):
-        """Grad-CAM for a GAP + linear head: channel weights are fc rows (the mean's 1/hw cancels)."""
+_CACHE = Path(tempfile.mkdtemp(prefix="striate-test-bundles-"))
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
-        def __init__(self, net: TinyNet) -> None:
-            super().__init__()
-            self.net = net
 
-        def forward(self, x, target):
-            fmap = self.net.stage_maps(x)["s2"]
-            logits = self.net.fc(fmap.mean(dim=(2, 3)))
-            target = torch.where(target < 0, logits.argmax(dim=1), target)
-            weights = self.net.fc.weight[target]  # [N, C]
-            cam = torch.relu((weights[:, :, None, None] * fmap).sum(dim=1))
-            cam = cam - cam.amin(dim=(1, 2), keepdim=True)
-            cam = cam / (cam.amax(dim=(1, 2), keepdim=True) + 1e-7)
-            return logits, cam
+@functools.cache
+def _exported(name: str, version: int, color_mode: str, size: tuple[int, int], num_classes: int, seed: int) -> Path:
+    """Export one tiny bundle into the session cache (once per distinct argument set)."""
+    from striate.manifest import Preprocessing
+    from training.export import export_model
 
-    net = TinyNet().eval()
-    return net, Explain(net).eval()
+    channels = 1 if color_mode == "L" else 3
+    spec = Preprocessing(
+        color_mode=color_mode,
+        resize_mode="exact",
+        resize_size=size,
+        crop_size=size,
+        mean=(0.5,) * channels,
+        std=(0.25,) * channels,
+    )
+    labels = [f"class_{i}" for i in range(num_classes)]
+    root = _CACHE / f"{name}-{version}-{color_mode}-{size[0]}x{size[1]}-{num_classes}-{seed}"
+    return export_model(
+        tiny_net(channels, num_classes, seed),
+        labels,
+        spec,
+        name,
+        version,
+        root,
+        metrics={"accuracy": 0.5},
+        data="none (untrained test model)",
+    )
 
 
 def build_bundle(
@@ -91,86 +102,10 @@ def build_bundle(
     size: tuple[int, int] = (8, 8),
     num_classes: int = 10,
     seed: int = 0,
-    with_explain: bool = True,
 ) -> Path:
-    """Export a tiny CNN into `root/<name>/<version>/` and return that directory."""
-    import onnxruntime
-    import torch
-
-    from striate.manifest import (
-        ExplainSpec,
-        FeatureLayer,
-        InputSpec,
-        Manifest,
-        Preprocessing,
-        Provenance,
-        TensorSpec,
-    )
-
-    channels = 1 if color_mode == "L" else 3
-    net, explain = _tiny_net(channels, num_classes, seed)
+    """Export a tiny CNN into `root/<name>/<version>/` (with `striate export`'s code) and return it."""
     out = Path(root) / name / str(version)
-    out.mkdir(parents=True, exist_ok=True)
-    h, w = size
-    x = torch.randn(2, channels, h, w)
-    names = ["logits", "embedding"]
-    for stage in STAGES:
-        names += [f"{stage}_pooled", f"{stage}_map"]
-    with torch.no_grad():
-        torch.onnx.export(
-            net,
-            (x,),
-            str(out / "model.onnx"),
-            input_names=["image"],
-            output_names=names,
-            dynamic_axes={n: {0: "batch"} for n in ["image", *names]},
-            dynamo=False,
-            opset_version=17,
-        )
-        if with_explain:
-            torch.onnx.export(
-                explain,
-                (x, torch.tensor([-1, 1])),
-                str(out / "explain.onnx"),
-                input_names=["image", "target"],
-                output_names=["logits", "cam"],
-                dynamic_axes={n: {0: "batch"} for n in ["image", "target", "logits", "cam"]},
-                dynamo=False,
-                opset_version=17,
-            )
-    s2_hw = ((h + 1) // 2, (w + 1) // 2)
-    labels = tuple(f"class_{i}" for i in range(num_classes))
-    stage_dims = {"s1": (8, h, w), "s2": (16, *s2_hw)}
-    outputs = [TensorSpec(name="logits", shape=(-1, num_classes)), TensorSpec(name="embedding", shape=(-1, 16))]
-    layers = [FeatureLayer(name="embedding", output="embedding", dim=16)]
-    for stage, (c, sh, sw) in stage_dims.items():
-        outputs += [
-            TensorSpec(name=f"{stage}_pooled", shape=(-1, c)),
-            TensorSpec(name=f"{stage}_map", shape=(-1, c, sh, sw)),
-        ]
-        layers.append(
-            FeatureLayer(name=stage, output=f"{stage}_pooled", dim=c, map_output=f"{stage}_map", map_shape=(c, sh, sw))
-        )
-    mean = (0.5,) * channels
-    std = (0.25,) * channels
-    manifest = Manifest(
-        name=name,
-        version=version,
-        architecture="tinynet",
-        labels=labels,
-        input=InputSpec(channels=channels, height=h, width=w),
-        preprocessing=Preprocessing(
-            color_mode=color_mode, resize_mode="exact", resize_size=size, crop_size=size, mean=mean, std=std
-        ),
-        outputs=tuple(outputs),
-        layers=tuple(layers),
-        explain=ExplainSpec(graph="explain.onnx", target_layer="s2", cam_shape=s2_hw) if with_explain else None,
-        metrics={"accuracy": 0.5},
-        provenance=Provenance(
-            created=datetime.now(UTC).isoformat(), torch=torch.__version__, onnxruntime=onnxruntime.__version__
-        ),
-    )
-    manifest.dump(out)
+    shutil.copytree(_exported(name, version, color_mode, tuple(size), num_classes, seed), out)
     return out
 
 
@@ -232,12 +167,21 @@ def digits_png_bytes(index: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def make_settings(model_dir: Path, **overrides):
-    """Settings for a test server (environment variables do not leak in: everything is explicit)."""
-    from service.settings import Settings
+class ExplicitSettings(Settings):
+    """`Settings` from its arguments alone: no `STRIATE_*` variable, no .env file, no secrets dir."""
 
-    values = {"model_dir": model_dir, "log_level": "warning", "device": "cpu", "max_batch_delay_ms": 2.0}
-    return Settings(**(values | overrides))
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **_other_sources):
+        return (init_settings,)
+
+
+# What every test server gets unless a test says otherwise: quiet, CPU, a short batching delay.
+TEST_DEFAULTS = {"log_level": "warning", "device": "cpu", "max_batch_delay_ms": 2.0}
+
+
+def make_settings(model_dir: Path, **overrides) -> Settings:
+    """Settings for a test server, from explicit values only (the caller's environment is ignored)."""
+    return ExplicitSettings(**({"model_dir": model_dir} | TEST_DEFAULTS | overrides))
 
 
 def served_models() -> list[str]:
