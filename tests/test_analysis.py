@@ -210,9 +210,15 @@ def test_specialization_auc_fisher_and_mds(tmp_path: Path) -> None:
     assert np.linalg.norm(spec.mds[0] - spec.mds[8]) < 0.05 * np.linalg.norm(spec.mds[6] - spec.mds[7])
     assert spec.best_class[6] == 8
     assert png_size(tmp_path / "specialization.png") == (1300, 560)
-    rows = (tmp_path / "specialization.csv").read_text().splitlines()
-    assert len(rows) == 11 and rows[0].startswith("neuron,auc_8,fisher_8,best_class")
-    assert rows[7].split(",")[1:5] == ["1.000000", rows[7].split(",")[2], "8", "1.000000"]
+    import csv
+
+    with (tmp_path / "specialization.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 10 and list(rows[0])[:4] == ["neuron", "auc_8", "fisher_8", "best_class"]
+    for j, row in enumerate(rows):  # every neuron's figures are the ones computed above
+        assert float(row["auc_8"]) == pytest.approx(auc[j, 8], abs=1e-6), j
+        assert float(row["fisher_8"]) == pytest.approx(fisher[j, 8], rel=1e-6, abs=1e-6), j
+    assert (rows[6]["auc_8"], rows[6]["best_class"], rows[6]["best_auc"]) == ("1.000000", "8", "1.000000")
 
 
 # --------------------------------------------------------------------------------------------
