@@ -41,6 +41,13 @@ def test_cam_is_placed_where_the_model_looked():
     assert placed.shape == (256, 512)
     assert placed[:, :144].max() == 0 and placed[:, 368:].max() == 0 and placed[:16].max() == 0
     assert placed[16:240, 144:368].min() == 1.0
+    # A map hot in its top-left cell only: the heat lands in the top-left of the box, nowhere else.
+    corner = np.zeros((7, 7), dtype=np.float32)
+    corner[0, 0] = 1.0
+    placed = cam_on_image(corner, (512, 256), IMAGENET)
+    y, x = np.unravel_index(placed.argmax(), placed.shape)
+    assert 16 <= y < 16 + 32 and 144 <= x < 144 + 32  # one cam cell is 224 / 7 = 32 pixels
+    assert placed[16 + 64 :, :].max() == 0 and placed[:, 144 + 64 :].max() == 0
 
 
 def test_heatmap_and_overlay_pngs_have_the_image_size():
