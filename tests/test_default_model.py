@@ -33,7 +33,7 @@ def default_manifest() -> Manifest:
 
 
 @pytest.fixture(scope="module")
-def test_split(default_manifest: Manifest):
+def heldout(default_manifest: Manifest):
     """(PNG bytes, labels) of the test split of the checkpoint the default bundle was exported from."""
     from training.checkpoint import file_sha256, load_checkpoint
     from training.config import TrainConfig
@@ -54,8 +54,8 @@ def test_split(default_manifest: Manifest):
     return images, [default_manifest.labels[t] for t in dataset.targets]
 
 
-def test_default_model_scores_its_claimed_accuracy_over_http(client, default_manifest: Manifest, test_split) -> None:
-    images, truth = test_split
+def test_default_model_scores_its_claimed_accuracy_over_http(client, default_manifest: Manifest, heldout) -> None:
+    images, truth = heldout
     predicted: list[str] = []
     for start in range(0, len(images), 128):
         files = [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(images[start : start + 128])]
