@@ -183,8 +183,8 @@ def _batch_stats(metrics: str) -> tuple[float, float, float]:
     return stats["count"], stats["sum"], stats["le2"]
 
 
-def test_batch_size_and_delay_from_the_environment(monkeypatch: pytest.MonkeyPatch, one_model: Path) -> None:
-    """STRIATE_MAX_BATCH_SIZE=2 caps every onnxruntime call; a long delay lets a burst merge up to it."""
+def test_batch_size_from_the_environment(monkeypatch: pytest.MonkeyPatch, one_model: Path) -> None:
+    """STRIATE_MAX_BATCH_SIZE=2 caps every onnxruntime call; a burst still merges up to it."""
     env = {"max_batch_size": "2", "max_batch_delay_ms": "250"}
     with _served_from_environment(monkeypatch, one_model, **env) as url:
         before = _batch_stats(httpx.get(f"{url}/metrics").text)
@@ -220,3 +220,39 @@ def test_preprocess_threads_from_the_environment(monkeypatch: pytest.MonkeyPatch
             assert httpx.post(f"{url}/v1/models/tiny/classify", files=files, timeout=60).status_code == 200
         decoders = [t for t in set(threading.enumerate()) - before if t.name.startswith("striate-decode")]
     assert len(decoders) == 1
+
+
+def _big_png() -> bytes:
+    """36 Mpixel but 50 kB: decoding and shrinking it takes the server a few hundred milliseconds."""
+    buf = io.BytesIO()
+    Image.linear_gradient("L").resize((6000, 6000)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+async def _small_after_big(url: str, big: bytes) -> None:
+    """The big image is announced first; the small one arrives, decodes at once and finds the queue empty."""
+    async with httpx.AsyncClient(base_url=url, timeout=120) as ac:
+        slow = asyncio.create_task(ac.post("/v1/models/tiny/classify", content=big, headers=PNG))
+        await asyncio.sleep(0.15)  # orders the two requests; nothing here measures time
+        fast = await ac.post("/v1/models/tiny/classify", content=digits_png_bytes(0), headers=PNG)
+        assert fast.status_code == 200 and (await slow).status_code == 200
+
+
+def test_batch_delay_from_the_environment(monkeypatch: pytest.MonkeyPatch, one_model: Path) -> None:
+    """STRIATE_MAX_BATCH_DELAY_MS: a request waits (up to the delay) for one still decoding, and they share a call.
+
+    Without the wait, the small image would run alone as soon as it is decoded.
+    """
+    big = _big_png()
+    with _served_from_environment(monkeypatch, one_model, max_batch_delay_ms="60000") as url:
+        merged = False
+        for _ in range(3):  # a starved client could send the small one late; one clean ordering suffices
+            before = _batch_stats(httpx.get(f"{url}/metrics").text)
+            asyncio.run(_small_after_big(url, big))
+            after = _batch_stats(httpx.get(f"{url}/metrics").text)
+            calls, images, _ = (a - b for a, b in zip(after, before, strict=True))
+            assert images == 2
+            if calls == 1:
+                merged = True
+                break
+        assert merged, "the small request never waited for the one being decoded"
