@@ -66,8 +66,20 @@ def test_default_model_scores_its_claimed_accuracy_over_http(client, default_man
     assert abs(accuracy - _claim(default_manifest)) <= 1 / len(truth) + 1e-9  # equal within one image
 
 
-def test_readme_states_the_manifests_accuracy(default_manifest: Manifest) -> None:
-    readme = (Path(REPO) / "README.md").read_text(encoding="utf-8")
-    stated = re.search(r"handwritten digits, (\d+\.\d)% test accuracy", readme)
+def test_readme_describes_the_committed_default_bundle(default_manifest: Manifest) -> None:
+    """The README's architecture, accuracy and parity figures are the committed manifest's."""
+    readme = " ".join((Path(REPO) / "README.md").read_text(encoding="utf-8").split())
+    stated = re.search(r"default model `digits` \(an? (\w+) trained on .*?, (\d+\.\d)% test accuracy\)", readme)
     assert stated is not None, "README's description of the default model is gone"
-    assert float(stated.group(1)) == round(100 * _claim(default_manifest), 1)
+    assert stated.group(1) == default_manifest.architecture
+    assert float(stated.group(2)) == round(100 * _claim(default_manifest), 1)
+    parity = re.search(r"Parity of the default bundle .*?: logits (\S+), embedding (\S+), cam (\S+) ", readme)
+    assert parity is not None, "README's parity figures of the default bundle are gone"
+    recorded = default_manifest.provenance.parity
+    assert recorded is not None
+    for text, value in zip(
+        parity.groups(),
+        (recorded.max_abs_diff_logits, recorded.max_abs_diff_embedding, recorded.max_abs_diff_cam),
+        strict=True,
+    ):
+        assert float(text) == pytest.approx(value, rel=0.05), (text, value)
