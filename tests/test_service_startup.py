@@ -112,7 +112,7 @@ def test_striate_serve_from_the_environment_with_device_auto(model_dir):
     expected = "CUDAExecutionProvider" if cuda else "CPUExecutionProvider"
     port = free_port()
     env = _env(
-        STRIATE_HOST="127.0.0.1",
+        STRIATE_HOST="127.0.0.2",  # another loopback address: the server must bind where it is told
         STRIATE_PORT=str(port),
         STRIATE_MODEL_DIR=str(model_dir),
         STRIATE_DEVICE="auto",
@@ -121,8 +121,10 @@ def test_striate_serve_from_the_environment_with_device_auto(model_dir):
     cmd = [PYTHON, "-m", "striate.cli", "serve"]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert _wait_ready(f"http://127.0.0.1:{port}", proc).status_code == 200
-        tiny = httpx.get(f"http://127.0.0.1:{port}/v1/models/tiny").json()
+        assert _wait_ready(f"http://127.0.0.2:{port}", proc).status_code == 200
+        tiny = httpx.get(f"http://127.0.0.2:{port}/v1/models/tiny").json()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz")
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
