@@ -26,6 +26,7 @@ from torch import nn
 from striate.errors import StriateError
 from striate.manifest import Preprocessing
 
+from ..safe_load import UnreadableFile, read_plain
 from .base import ClassifierHead, StriateModel
 from .registry import register_model
 
@@ -96,10 +97,9 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
     if not path.is_file():
         raise StriateError(f"weights file not found: {path}")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, not a torch file, pickled objects...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise StriateError(f"cannot read weights file {path} (expected a {what} state dict): {first}") from None
+        raw = read_plain(path)
+    except UnreadableFile as exc:
+        raise StriateError(f"cannot read weights file {path} (expected a {what} state dict): {exc.reason}") from None
     if isinstance(raw, dict) and raw.get("format", "").startswith("striate-checkpoint"):
         raise StriateError(f"{path} is a Striate checkpoint, not a {what} weights file; pass it as a checkpoint")
     if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
