@@ -16,6 +16,9 @@ import torch
 
 from striate.errors import StriateError
 
+ZIP_MAGIC = b"PK"  # torch.save's format since PyTorch 1.6
+PICKLE_PROTO = b"\x80"  # the PROTO opcode that starts a pickle (legacy torch.save, pickle.dump)
+
 
 class UnreadableFile(StriateError):
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
@@ -25,12 +28,16 @@ class UnreadableFile(StriateError):
 
 def read_plain(path: str | os.PathLike) -> Any:
     """The plain data (tensors, dicts, lists, numbers, strings) in the PyTorch file at `path`."""
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    if not head.startswith((ZIP_MAGIC, PICKLE_PROTO)):
+        raise UnreadableFile(path, "not a PyTorch file (neither a zip archive nor a pickle)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. the weights-only unpickler's pickle-protocol warning
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             reason = "it holds pickled Python objects, which Striate never loads (unpickling can run code)"
-        except Exception:  # not a zip/pickle at all, truncated, corrupt
-            reason = "not a PyTorch file, or a truncated one"
+        except Exception:  # truncated, corrupt
+            reason = "a truncated or corrupt PyTorch file"
     raise UnreadableFile(path, reason)
