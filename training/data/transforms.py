@@ -16,14 +16,11 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 from striate.manifest import Preprocessing
+from striate.normalization import IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, IMAGENET_MEAN, IMAGENET_STD
 from striate.preprocess import normalize, preprocess, resize_and_crop, to_color_mode
 
 AugmentKind = Literal["digits", "shapes", "folder", "none"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGENET_GRAY_MEAN = (0.449,)  # mean of the RGB means: the usual grayscale stand-in
-IMAGENET_GRAY_STD = (0.226,)
 FOLDER_CROP_RATIO = 0.875  # resize the shorter side to size / 0.875, then centre-crop (ImageNet eval)
 
 _INTERPOLATION = {

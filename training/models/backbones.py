@@ -25,13 +25,12 @@ from torch import nn
 
 from striate.errors import StriateError
 from striate.manifest import Preprocessing
+from striate.normalization import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
 
 from ..safe_load import UnreadableFile, read_plain
 from .base import ClassifierHead, StriateModel
 from .registry import register_model
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_ALIASES = ("imagenet", "pretrained")  # -> the backbone's default ImageNet weights
 
 
@@ -274,7 +273,7 @@ def _imagenet_preprocessing(spec: BackboneSpec, weights: str | None) -> tuple[in
     if spec.source == "timm":
         # EfficientNet-Lite (TF): inputs scaled to [-1, 1] ((x - 127) / 128); timm's pretrained_cfg
         # for tf_efficientnet_lite0: bicubic, crop_pct 0.875 (256 -> 224), mean = std = 0.5.
-        return 256, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic"
+        return 256, 224, INCEPTION_MEAN, INCEPTION_STD, "bicubic"
     enum_cls = torchvision.models.get_model_weights(spec.native)
     enum = enum_cls.DEFAULT
     if weights is not None and not _is_path(weights) and weights.lower() not in IMAGENET_ALIASES:
@@ -364,8 +363,9 @@ class GoogLeNetInputTransform(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-        self.register_buffer("scale", (std / 0.5).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("shift", ((mean - 0.5) / 0.5).view(1, 3, 1, 1), persistent=False)
+        to_mean, to_std = torch.tensor(INCEPTION_MEAN), torch.tensor(INCEPTION_STD)
+        self.register_buffer("scale", (std / to_std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", ((mean - to_mean) / to_std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != 3:
