@@ -204,3 +204,22 @@ def test_finetune_resume_keeps_the_run_definition(finetune_run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     history = json.loads((run / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2]
+
+
+def test_recipe_flags_are_recorded_and_define_the_run(tmp_path):
+    from training.checkpoint import load_checkpoint
+
+    run = tmp_path / "recipe"
+    recipe = ["--ema", "--ema-decay", "0.9", "--mixup", "0.2", "--random-erasing", "0.25", "--amp"]
+    proc = striate("train", *TINY, "--data", "shapes", "--shapes-per-class", "6", *recipe, "--out", str(run))
+    assert proc.returncode == 0, proc.stderr
+    assert "--amp apply on CUDA only" in proc.stderr  # asked for on CPU: said so, trained in float32
+    config = load_checkpoint(run / "best.pt").config
+    assert (config["ema"], config["ema_decay"], config["mixup"], config["random_erasing"]) == (True, 0.9, 0.2, 0.25)
+    assert (config["cutmix"], config["trivial_augment"], config["amp"]) == (0.0, False, True)
+    proc = striate("train", "--resume", str(run), "--epochs", "2", "--no-ema")
+    assert_one_line_error(proc, "train", "--ema cannot change when resuming (the run used True)")
+    proc = striate("train", "--resume", str(run), "--epochs", "2", "--deterministic", "--no-progress", "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    last = load_checkpoint(run / "last.pt")
+    assert last.epoch == 2 and last.config["deterministic"] is True and last.config["ema"] is True
