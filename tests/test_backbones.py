@@ -57,7 +57,7 @@ def test_backbone_regrouping_matches_the_library_forward(name: str) -> None:
     """Regrouped modules are the library's own: same logits as its forward, stages lower resolution."""
     torch.manual_seed(0)
     spec = B.backbone_spec(name)
-    native, _ = B._native_model(spec, None)
+    native, _ = B.native_model(spec, None)
     model = spec.regroup(native).eval()
     native.eval()
     x = torch.randn(2, 3, 64, 64)
@@ -152,7 +152,7 @@ def test_local_weights_file_roundtrip(tmp_path: Path) -> None:
 def test_efficientnet_lite0_package_file_in_timm_names_loads(tmp_path: Path, lite0: nn.Module) -> None:
     """The package's weights saved under timm's names load directly, giving the same model."""
     spec = B.backbone_spec("efficientnet_lite0")
-    native, _ = B._native_model(spec, "imagenet")
+    native, _ = B.native_model(spec, "imagenet")
     path = tmp_path / "lite0_timm.pth"
     torch.save(native.state_dict(), path)
     model = create_model("efficientnet_lite0", weights=str(path))

@@ -108,7 +108,14 @@ def test_evaluate_prints_accuracy_per_class_and_confusion(skipped_run):
     metrics = json.loads(proc.stdout)
     assert metrics["labels"] == ["0", "1", "2"] and metrics["split"] == "test"
     assert np.asarray(metrics["confusion"]).shape == (3, 3) and sum(metrics["support"]) == metrics["count"]
-    assert metrics == {**json.loads((skipped_run / "metrics.json").read_text()), **metrics}
+    saved = json.loads((skipped_run / "metrics.json").read_text())
+    assert set(saved) <= set(metrics) and saved["count"] == metrics["count"] > 0
+    for key in ("labels", "split", "support", "confusion"):
+        assert metrics[key] == saved[key], key
+    for key in ("accuracy", "precision", "recall"):
+        assert metrics[key] == pytest.approx(saved[key], abs=1e-12), key
+    confusion = np.asarray(metrics["confusion"])
+    assert metrics["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
 
 
 def test_evaluate_bad_checkpoints(skipped_run, tmp_path):
@@ -124,3 +131,95 @@ def test_resume_keeps_the_run_definition(skipped_run, tmp_path):
     shutil.copytree(skipped_run, run)
     proc = striate("train", "--resume", str(run), "--lr", "0.5")
     assert_one_line_error(proc, "train", "--lr cannot change when resuming")
+
+
+FINETUNE_TINY = [
+    "--backbone",
+    "efficientnet_lite0",
+    "--weights",
+    "none",
+    "--data",
+    "shapes",
+    "--shapes-per-class",
+    "6",
+    "--input-size",
+    "32",
+    "--epochs",
+    "1",
+    "--no-progress",
+    "--no-report",
+]
+
+
+@pytest.fixture(scope="module")
+def finetune_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "ft"
+    proc = striate("finetune", *FINETUNE_TINY, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_a_file_that_is_not_a_checkpoint_never_suggests_unsafe_loading(tmp_path):
+    import pickle
+
+    pickled = tmp_path / "objects.pt"
+    pickled.write_bytes(pickle.dumps(Path("anything")))  # a pickle of a Python object, not plain data
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    for command, args in (("evaluate", [str(pickled)]), ("train", ["--resume", str(pickled)])):
+        line = assert_one_line_error(striate(command, *args), command, str(pickled), "pickled Python objects")
+        assert "weights_only" not in line and "trust" not in line.lower()
+    line = assert_one_line_error(striate("evaluate", str(text)), "evaluate", "not a PyTorch file")
+    assert "best.pt or last.pt" in line
+
+
+def test_train_resume_of_a_finetuning_run_names_the_right_command(finetune_run):
+    line = assert_one_line_error(
+        striate("train", "--resume", str(finetune_run)),
+        "train",
+        "is a fine-tuning run of efficientnet_lite0",
+        f"striate finetune --resume {finetune_run}",
+    )
+    assert "Traceback" not in line
+
+
+def test_finetune_resume_of_a_training_run_names_the_right_command(skipped_run):
+    line = assert_one_line_error(
+        striate("finetune", "--resume", str(skipped_run), "--epochs", "2"),
+        "finetune",
+        "is a training run of lenet5",
+        f"striate train --resume {skipped_run}",
+    )
+    assert "efficientnet" not in line  # an architecture the user never passed
+
+
+def test_finetune_resume_keeps_the_run_definition(finetune_run, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(finetune_run, run)
+    proc = striate("finetune", "--resume", str(run), "--epochs", "2", "--lr", "0.5")
+    assert_one_line_error(proc, "finetune", "--lr cannot change when resuming", "--epochs")
+    proc = striate("finetune", "--resume", str(run), "--mode", "probe")
+    assert_one_line_error(proc, "finetune", "--mode cannot change when resuming", "'finetune'")
+    proc = striate("finetune", "--resume", str(run), "--epochs", "2", "--no-progress", "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    history = json.loads((run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+
+
+def test_recipe_flags_are_recorded_and_define_the_run(tmp_path):
+    from training.checkpoint import load_checkpoint
+
+    run = tmp_path / "recipe"
+    recipe = ["--ema", "--ema-decay", "0.9", "--mixup", "0.2", "--random-erasing", "0.25", "--amp"]
+    proc = striate("train", *TINY, "--data", "shapes", "--shapes-per-class", "6", *recipe, "--out", str(run))
+    assert proc.returncode == 0, proc.stderr
+    assert "--amp apply on CUDA only" in proc.stderr  # asked for on CPU: said so, trained in float32
+    config = load_checkpoint(run / "best.pt").config
+    assert (config["ema"], config["ema_decay"], config["mixup"], config["random_erasing"]) == (True, 0.9, 0.2, 0.25)
+    assert (config["cutmix"], config["trivial_augment"], config["amp"]) == (0.0, False, True)
+    proc = striate("train", "--resume", str(run), "--epochs", "2", "--no-ema")
+    assert_one_line_error(proc, "train", "--ema cannot change when resuming (the run used True)")
+    proc = striate("train", "--resume", str(run), "--epochs", "2", "--deterministic", "--no-progress", "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    last = load_checkpoint(run / "last.pt")
+    assert last.epoch == 2 and last.config["deterministic"] is True and last.config["ema"] is True

@@ -12,7 +12,7 @@ from torch import nn
 
 from striate.cli import main as cli_main
 from striate.errors import StriateError
-from training.models import StriateModel, create_model, list_models, register_model
+from training.models import StriateModel, create_model, list_models, model_entry, register_model
 
 ZOO = list_models(family="zoo")
 EXPECTED_ZOO = {
@@ -280,3 +280,18 @@ def test_cli_models_lists_the_zoo(capsys: pytest.CaptureFixture[str]):
     assert cli_main(["models", "--family", "zoo"]) == 0
     text = capsys.readouterr().out
     assert "resnet50" in text and "25.56M" in text
+
+
+@pytest.mark.parametrize("name", list_models(family="zoo"))
+def test_builders_take_their_defaults_from_the_class(name: str):
+    """Each default is stated once, in the architecture's class: a builder shows and uses those."""
+    import inspect
+
+    builder_params = inspect.signature(model_entry(name).builder).parameters
+    model = create_model(name, input_size=32, base_width=4 if name != "lenet5" else 6)
+    class_params = inspect.signature(type(model).__init__).parameters
+    shared = [p for p in builder_params if p in class_params]
+    assert {"num_classes", "in_chans", "input_size", "base_width", "drop_rate"} <= set(shared)
+    for param in shared:
+        assert builder_params[param].default == class_params[param].default, param
+    assert model.head.fc.out_features == class_params["num_classes"].default

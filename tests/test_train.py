@@ -165,3 +165,107 @@ def test_refuses_to_overwrite_or_mis_resume(tmp_path):
         train(tiny(tmp_path, "run", epochs=2), resume=tmp_path / "run" / "best.pt", progress=False)
     with pytest.raises(StriateError, match="unknown architecture 'lenet6'"):
         train(tiny(tmp_path, "other", arch="lenet6"), progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Reproducibility and the recipe options
+
+
+def test_same_seed_same_thread_count_gives_bit_identical_weights(tmp_path):
+    """The README's promise: same seed and same thread count, same weights (here on two threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = [train(tiny(tmp_path, name, epochs=1, arch="resnet18", base_width=4), progress=False) for name in "ab"]
+    finally:
+        torch.set_num_threads(before)
+    wa, wb = (load_checkpoint(r.run_dir / "last.pt").state_dict for r in runs)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_deterministic_turns_on_torchs_deterministic_algorithms_while_training(tmp_path):
+    seen = []
+    config = tiny(tmp_path, "det", epochs=1, deterministic=True)
+    train(config, progress=False, on_epoch_end=lambda row: seen.append(torch.are_deterministic_algorithms_enabled()))
+    assert seen == [True]
+    assert not torch.are_deterministic_algorithms_enabled()  # the previous setting is back
+    assert load_checkpoint(tmp_path / "det" / "last.pt").config["deterministic"] is True
+
+
+def test_ema_weights_are_evaluated_saved_and_resumed_exactly(tmp_path):
+    straight = train(tiny(tmp_path, "straight", epochs=3, ema=True), progress=False)
+    last = load_checkpoint(straight.run_dir / "last.pt")
+    assert last.config["ema"] is True and last.train_state["ema_updates"] == last.train_state["step"]
+    raw = last.train_state["model"]  # the weights the optimizer trains
+    assert raw.keys() == last.state_dict.keys()
+    assert not all(torch.equal(raw[k], last.state_dict[k]) for k in raw)  # the checkpoint's own are the EMA
+
+    # the test metrics are those of best.pt's (EMA) weights
+    best = load_checkpoint(straight.run_dir / "best.pt")
+    test = build_eval_dataset(TrainConfig.from_dict(best.config), best.preprocessing, "test")
+    logits, targets = predict(best.build_model(), torch.utils.data.DataLoader(test, batch_size=64), torch.device("cpu"))
+    assert (
+        classification_metrics(targets, logits.argmax(1), best.labels)["confusion"]
+        == straight.test_metrics["confusion"]
+    )
+
+    class Crash(Exception):
+        pass
+
+    def crash(row):
+        if row["epoch"] == 1:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(tiny(tmp_path, "resumed", epochs=3, ema=True), progress=False, on_epoch_end=crash)
+    resumed = train(tiny(tmp_path, "resumed", epochs=3, ema=True), resume=tmp_path / "resumed", progress=False)
+    other = load_checkpoint(resumed.run_dir / "last.pt")
+    for key in last.state_dict:
+        assert torch.equal(last.state_dict[key], other.state_dict[key]), key
+        assert torch.equal(raw[key], other.train_state["model"][key]), key
+
+
+def test_mixup_cutmix_trivial_augment_and_erasing_train_and_are_recorded(tmp_path):
+    options = {"mixup": 0.2, "cutmix": 1.0, "trivial_augment": True, "random_erasing": 0.5}
+    result = train(tiny(tmp_path, "recipe", epochs=2, **options), progress=False)
+    config = load_checkpoint(result.run_dir / "best.pt").config
+    assert {k: config[k] for k in options} == options
+    assert all(math.isfinite(row["train_loss"]) for row in result.history)
+    plain = train(tiny(tmp_path, "plain", epochs=2), progress=False)
+    assert [r["train_loss"] for r in result.history] != [r["train_loss"] for r in plain.history]
+
+
+def test_recipe_augmentations_change_the_image_and_follow_the_seed():
+    from training.data import build_data
+
+    data = build_data(TrainConfig(data="shapes", shapes_per_class=10, input_size=16, trivial_augment=True))
+    erasing = build_data(TrainConfig(data="shapes", shapes_per_class=10, input_size=16, random_erasing=1.0))
+    plain = build_data(TrainConfig(data="shapes", shapes_per_class=10, input_size=16, augment=False))
+
+    def sample(splits, seed):
+        torch.manual_seed(seed)
+        return torch.stack([splits.train[i][0] for i in range(8)])
+
+    assert torch.equal(sample(data, 1), sample(data, 1))
+    assert not torch.equal(sample(data, 1), sample(data, 2))
+    erased = sample(erasing, 3)
+    assert erased.shape == sample(plain, 3).shape == (8, 3, 16, 16)
+    # random erasing with p=1 writes a zero rectangle into every image
+    assert all(int((img == 0).all(0).sum()) > 0 for img in erased)
+
+
+def test_amp_and_channels_last_on_cpu_say_so_and_stay_off(tmp_path, capsys):
+    result = train(tiny(tmp_path, "amp", epochs=1, amp=True, channels_last=True, device="cpu"), progress=False)
+    err = capsys.readouterr().err
+    assert "--amp and --channels-last apply on CUDA only" in err and "float32" in err
+    plain = train(tiny(tmp_path, "fp32", epochs=1, device="cpu"), progress=False)
+    wa, wb = (load_checkpoint(r.run_dir / "last.pt").state_dict for r in (result, plain))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # trained exactly as float32 NCHW
+    assert load_checkpoint(result.run_dir / "last.pt").config["amp"] is True  # recorded as asked
+
+
+def test_configs_of_runs_older_than_the_recipe_read_as_recipe_off():
+    from training.config import RECIPE_OFF
+
+    config = TrainConfig.from_dict({"arch": "lenet5", "epochs": 3})
+    assert {k: getattr(config, k) for k in RECIPE_OFF} == RECIPE_OFF

@@ -22,8 +22,10 @@ from striate.errors import StriateError
 from striate.manifest import Preprocessing
 
 from .models import StriateModel, create_model
+from .safe_load import UnreadableFile, read_plain
 
 FORMAT = "striate-checkpoint/1"
+CHECKPOINT_HINT = "pass a best.pt or last.pt written by `striate train` or `striate finetune`"
 
 
 @dataclass
@@ -104,11 +106,11 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not path.is_file():
         raise StriateError(f"checkpoint not found: {path}")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, pickled objects, not a torch file...
-        raise StriateError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+        raw = read_plain(path)
+    except UnreadableFile as exc:
+        raise StriateError(f"{path} is not a Striate checkpoint: {exc.reason}; {CHECKPOINT_HINT}") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise StriateError(f"{path} is not a Striate checkpoint (expected format {FORMAT!r})")
+        raise StriateError(f"{path} is not a Striate checkpoint (no format {FORMAT!r}); {CHECKPOINT_HINT}")
     return Checkpoint(
         arch=raw["arch"],
         arch_kwargs=dict(raw["arch_kwargs"]),

@@ -13,6 +13,18 @@ from striate.errors import StriateError
 
 DataName = Literal["digits", "shapes", "folder"]
 
+# The recipe options turned off: what a run recorded before they existed trained with.
+RECIPE_OFF: dict[str, Any] = {
+    "ema": False,
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "trivial_augment": False,
+    "random_erasing": 0.0,
+    "amp": False,
+    "channels_last": False,
+    "compile": False,
+}
+
 
 @dataclass
 class TrainConfig:
@@ -40,12 +52,23 @@ class TrainConfig:
     weight_decay: float = 0.05
     momentum: float = 0.9  # SGD only (Nesterov)
     label_smoothing: float = 0.0
+    # --- recipe: each option is recorded in the checkpoint; defaults measured by bench/recipe_bench.py ---
+    ema: bool = False  # evaluate, keep and export an exponential moving average of the weights
+    ema_decay: float = 0.99  # per step, after a warmup of (1 + n) / (10 + n)
+    mixup: float = 0.0  # MixUp alpha (Beta(alpha, alpha) mixing weight); 0: off
+    cutmix: float = 0.0  # CutMix alpha; with mixup too, each batch picks one of the two
+    trivial_augment: bool = False  # TrivialAugmentWide on each training image
+    random_erasing: float = 0.0  # probability of erasing a random rectangle of a training image
+    amp: bool = False  # mixed precision (CUDA only; off on CPU)
+    channels_last: bool = False  # NHWC memory format (CUDA only; off on CPU)
+    compile: bool = False  # torch.compile the training forward (opt-in: compiling takes a while)
     # --- run ---
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: int = 0  # DataLoader worker processes; 0 loads in the main process
     out: str | None = None  # run directory; None: runs/<arch>-<data>-<timestamp>
     report: bool = True  # write the PNG/HTML report after training (training.analysis.report)
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True) while training
 
     def __post_init__(self) -> None:
         self.validate()
@@ -64,6 +87,9 @@ class TrainConfig:
             (self.val_fraction + self.test_fraction < 1, "val and test fractions leave no training data"),
             (self.input_size is None or self.input_size >= 8, "--input-size must be at least 8"),
             (self.base_width is None or self.base_width >= 1, "--base-width must be positive"),
+            (0 < self.ema_decay < 1, f"--ema-decay must lie in (0, 1), got {self.ema_decay}"),
+            (self.mixup >= 0 and self.cutmix >= 0, "--mixup and --cutmix are Beta alphas: >= 0 (0 turns them off)"),
+            (0 <= self.random_erasing <= 1, f"--random-erasing is a probability, got {self.random_erasing}"),
             (self.shapes_per_class >= 3, "--shapes-per-class must be at least 3"),
             (self.data != "folder" or bool(self.data_dir), "--data folder needs --data-dir DIR"),
             (self.data == "folder" or not self.data_dir, f"--data-dir only applies to folders, not {self.data}"),
@@ -89,9 +115,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Build from a (possibly older) checkpoint's config, ignoring keys this version lacks."""
+        """Build from a (possibly older) checkpoint's config, ignoring keys this version lacks.
+
+        A recipe option an older run does not record did not exist then: it was off.
+        """
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**{**RECIPE_OFF, **{k: v for k, v in values.items() if k in known}})
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -6,9 +6,11 @@
 - finetune: the new head plus the body (all of it, or only its last N stages); the body learns at
   `lr * body_lr_mult` so the pretrained features move slowly while the new head learns fast.
 
-Training itself is the engine's (`training.engine.Trainer`): schedule, DDP, run directory, best/last
-checkpoints, test metrics and report. Checkpoints are ordinary Striate checkpoints of the backbone
-architecture (without the pretrained weights reference), so `striate export` works on them.
+Fine-tuning is another way of building the run's parts (model, freeze policy, optimizer with
+per-group learning rates); training them is the engine's (`training.engine.Trainer`): schedule,
+DDP, run directory, best/last checkpoints, test metrics and report. Checkpoints are ordinary
+Striate checkpoints of the backbone architecture (without the pretrained weights reference), so
+`striate export` works on them.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from .checkpoint import Checkpoint, current_versions, save_checkpoint
 from .config import TrainConfig
 from .data.datasets import DataSplits, build_data
 from .data.transforms import fixed_size_spec
-from .engine import Trainer, TrainResult, fit_and_leave, open_run, seed_everything
+from .engine import ReportHook, Trainer, TrainResult, fit_and_leave, open_run
 from .models import StriateModel, create_model
 from .models.backbones import backbone_preprocessing, imagenet_labels, resolve_backbone_name
+from .parts import TrainParts, assemble, make_optimizer, resumed_model, seed_everything
+from .resume import check_same_classes
 
 Mode = Literal["probe", "mlp", "finetune"]
 MODES = ("probe", "mlp", "finetune")
@@ -191,61 +195,41 @@ def build_finetune_optimizer(model: StriateModel, config: FinetuneConfig) -> tor
                 groups.append({"params": chosen, "weight_decay": wd, "lr_mult": mult, "name": name})
     if not groups:
         raise StriateError("nothing to train: every parameter is frozen")
-    if config.optimizer == "adamw":
-        return AdamWLRMult(groups, lr=config.lr)
-    if config.optimizer == "sgd":
-        return SGDLRMult(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
-    raise StriateError(f"unknown optimizer {config.optimizer!r}: choose adamw or sgd")
+    return make_optimizer(groups, config, adamw=AdamWLRMult, sgd=SGDLRMult)
 
 
 # ----------------------------------------------------------------------------------- training
-class FinetuneTrainer(Trainer):
-    """The engine's Trainer with a pretrained model, a freeze policy and per-group learning rates."""
-
-    def __init__(
-        self,
-        config: FinetuneConfig,
-        data: DataSplits | None = None,
-        resume: Checkpoint | None = None,
-        progress: bool = True,
-        on_epoch_end: Any = None,
-    ) -> None:
-        data = data if data is not None else build_finetune_data(config)
-        # The base class builds a randomly initialised model (or the resumed one), wraps it and
-        # makes its optimizer; the pretrained model, policy and optimizer then replace them. The
-        # resumed training state is restored only once the optimizer has its final param groups.
-        self._defer_restore = True
-        super().__init__(config, data=data, resume=resume, progress=progress, on_epoch_end=on_epoch_end)
-        self._defer_restore = False
-        if resume is None:
-            seed_everything(config.seed)
-            model = build_finetune_model(config, len(self.labels), self.data.preprocessing.channels)
-        else:
-            model = self.model
-        apply_freeze(model, config)
-        self.model = model
-        self.ddp_model = dist_utils.wrap_ddp(model, self.info)
-        self.optimizer = build_finetune_optimizer(model, config)
-        if resume is not None:
-            self._restore(resume)
-
-    def _restore(self, ckpt: Checkpoint) -> None:
-        if not self._defer_restore:
-            super()._restore(ckpt)
+def finetune_parts(
+    config: FinetuneConfig, data: DataSplits, info: dist_utils.DistInfo, resume: Checkpoint | None
+) -> TrainParts:
+    """The pretrained model (or the resumed one) with its freeze policy and per-group learning rates."""
+    seed_everything(config.seed)
+    if resume is not None:
+        model = resumed_model(resume)
+    else:
+        model = build_finetune_model(config, len(data.classes), data.preprocessing.channels)
+    apply_freeze(model, config)
+    return assemble(model, build_finetune_optimizer(model, config), data, config, info)
 
 
 def finetune(
     config: FinetuneConfig,
-    resume: str | Path | None = None,
+    resume: str | Path | Checkpoint | None = None,
     data: DataSplits | None = None,
     progress: bool = True,
+    report: ReportHook | None = None,
 ) -> TrainResult:
     """Fine-tune / probe `config.arch` on `config.data`; returns the engine's TrainResult."""
     config = replace(config, arch=resolve_backbone_name(config.arch))
-    config, ckpt = open_run(config, resume)
-    run_dir = Path(config.out)
-    trainer = FinetuneTrainer(config, data=data, resume=ckpt, progress=progress)
-    return fit_and_leave(trainer, run_dir)
+    opened = open_run(config, resume, "finetune")
+    data = data if data is not None else build_finetune_data(opened.config)  # type: ignore[arg-type]
+    if opened.resume is not None:
+        check_same_classes(opened.resume, data.classes)
+    parts = finetune_parts(opened.config, data, opened.info, opened.resume)  # type: ignore[arg-type]
+    trainer = Trainer(opened.config, data, parts, opened.info, opened.run, progress, report=report)
+    if opened.resume is not None:
+        trainer.restore(opened.resume)
+    return fit_and_leave(trainer)
 
 
 # ----------------------------------------------------------------------------------- pretrained

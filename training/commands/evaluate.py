@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..checkpoint import load_checkpoint
     from ..data import build_eval_dataset
-    from ..engine import BEST
     from ..evaluate import classification_metrics, format_metrics, predict
+    from ..run_dir import BEST
 
     path = Path(args.checkpoint)
     if path.is_dir():

@@ -12,12 +12,12 @@ Runs unchanged under `torchrun --nproc_per_node=N -m striate.cli finetune ...`.
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from striate.errors import StriateError
 
 from ..finetune import MODES, FinetuneConfig
+from .common import add_recipe_arguments, explicit_options, flag, print_result, report_hook
 
 D = FinetuneConfig.default
 
@@ -98,7 +98,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt("device", "where to train", choices=["auto", "cpu", "cuda"])
     opt("workers", "DataLoader worker processes", type=int)
     opt("out", "run directory (default runs/<backbone>-<data>-<timestamp>); with --pretrained-only, the .pt path")
-    parser.add_argument("--resume", metavar="RUN_DIR_OR_LAST_PT", default=None, help="continue a fine-tuning run")
+    add_recipe_arguments(parser, D)
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR_OR_LAST_PT",
+        default=None,
+        help="continue a fine-tuning run (options that define the run cannot change)",
+    )
     parser.add_argument(
         "--pretrained-only",
         action="store_true",
@@ -111,18 +117,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=True, help="no progress bars")
 
 
+def finetune_flag(name: str) -> str:
+    return _FIELD_FLAGS.get(name, flag(name))
+
+
 def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
-    values = {k: getattr(args, k) for k in FinetuneConfig.field_names() if getattr(args, k, None) is not None}
-    if values.get("data_dir") and "data" not in values:
-        values["data"] = "folder"
+    return FinetuneConfig(**_explicit(args))
+
+
+def _explicit(args: argparse.Namespace) -> dict[str, Any]:
+    values = explicit_options(args, FinetuneConfig)
     if isinstance(values.get("weights"), str) and values["weights"].lower() in ("none", "scratch"):
         values["weights"] = None
-    return FinetuneConfig(**values)
+    return values
 
 
 def run(args: argparse.Namespace) -> int:
     from ..finetune import finetune, save_pretrained_checkpoint
     from ..models.backbones import resolve_backbone_name
+    from ..resume import load_resumable, resumed_config
 
     if args.pretrained_only:
         if not args.out:
@@ -135,25 +148,12 @@ def run(args: argparse.Namespace) -> int:
             f"`striate export {path} --name <name>`"
         )
         return 0
-    config = config_from_args(args)
     if args.resume:
-        from ..checkpoint import load_checkpoint
-        from ..engine import resolve_resume
-
-        saved = load_checkpoint(resolve_resume(args.resume)).config
-        keep = {"epochs", "device", "workers", "out", "report"}
-        merged = {
-            **{k: v for k, v in saved.items() if k in FinetuneConfig.field_names()},
-            **{k: getattr(config, k) for k in keep if getattr(args, k, None) is not None},
-        }
-        if args.out is None:
-            merged["out"] = None  # continue in the checkpoint's own run directory
-        config = FinetuneConfig(**merged)
-    result = finetune(config, resume=args.resume, progress=args.progress)
-    if os.environ.get("RANK", "0") != "0":
-        return 0  # under torchrun only rank 0 reports (the others hold no metrics)
-    print(
-        f"{result.run_dir}: best epoch {result.best_epoch}, val acc {result.best_val_acc:.4f}, "
-        f"test acc {result.test_metrics.get('accuracy', float('nan')):.4f}"
-    )
+        ckpt = load_resumable(args.resume, "finetune")  # the one load of the checkpoint
+        config = resumed_config(FinetuneConfig, ckpt, _explicit(args), finetune_flag)
+        result = finetune(config, resume=ckpt, progress=args.progress, report=report_hook(config))
+    else:
+        config = config_from_args(args)
+        result = finetune(config, progress=args.progress, report=report_hook(config))
+    print_result(result)
     return 0

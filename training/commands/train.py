@@ -1,22 +1,18 @@
 """`striate train`: train an architecture on digits, generated shapes or an ImageFolder directory.
 
-Options left out take `TrainConfig`'s defaults, or, with `--resume`, the resumed run's own values.
+Options left out take `TrainConfig`'s defaults, or, with `--resume`, the resumed run's own values
+(`training.resume` says which options may change on resume).
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from typing import Any
 
-from striate.errors import StriateError
-
 from ..config import TrainConfig
+from .common import add_recipe_arguments, explicit_options, flag, print_result, report_hook
 
 D = TrainConfig.default
-
-# Options that may change when a run is resumed; the rest define the run and must stay as they were.
-RESUMABLE_OVERRIDES = {"epochs", "device", "workers", "out", "report", "data_dir", "on_bad_image"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt(g, "--warmup-epochs", "warmup_epochs", "epochs of linear learning-rate warmup", type=float)
     opt(g, "--label-smoothing", "label_smoothing", "label smoothing of the cross-entropy loss", type=float)
 
+    add_recipe_arguments(parser, D)
+
     g = parser.add_argument_group("run")
     opt(g, "--seed", "seed", "seed of the initialisation, shuffling and augmentation", type=int)
     opt(g, "--device", "device", "where to train", choices=["auto", "cpu", "cuda"])
@@ -81,46 +79,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _explicit(args: argparse.Namespace) -> dict[str, Any]:
-    values = {k: getattr(args, k) for k in TrainConfig.field_names() if getattr(args, k, None) is not None}
-    if values.get("data_dir") and "data" not in values:
-        values["data"] = "folder"  # --data-dir alone means an ImageFolder
-    return values
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """A fresh run's config: the explicit options over TrainConfig's defaults."""
-    return TrainConfig(**_explicit(args))
-
-
-def resumed_config(args: argparse.Namespace, saved: dict[str, Any]) -> TrainConfig:
-    """The resumed run's saved config, with the few options that may change applied."""
-    base = TrainConfig.from_dict(saved)
-    explicit = _explicit(args)
-    for key, value in explicit.items():
-        if key not in RESUMABLE_OVERRIDES and value != getattr(base, key):
-            raise StriateError(
-                f"--{key.replace('_', '-')} cannot change when resuming (the run used {getattr(base, key)!r}); "
-                f"only {', '.join(sorted('--' + k.replace('_', '-') for k in RESUMABLE_OVERRIDES))} can"
-            )
-    overrides = {k: v for k, v in explicit.items() if k in RESUMABLE_OVERRIDES}
-    overrides.setdefault("out", None)  # continue in the directory the checkpoint is in
-    return replace(base, **overrides)
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint
-    from ..engine import resolve_resume, train
+    from ..engine import train
+    from ..resume import load_resumable, resumed_config
 
+    explicit = explicit_options(args, TrainConfig)
     if args.resume:
-        ckpt_path = resolve_resume(args.resume)
-        config = resumed_config(args, load_checkpoint(ckpt_path).config)
-        result = train(config, resume=ckpt_path, progress=args.progress)
+        ckpt = load_resumable(args.resume, "train")  # the one load of the checkpoint
+        config = resumed_config(TrainConfig, ckpt, explicit, flag)
+        result = train(config, resume=ckpt, progress=args.progress, report=report_hook(config))
     else:
-        result = train(config_from_args(args), progress=args.progress)
-    if result.is_main:
-        print(
-            f"{result.run_dir}: best epoch {result.best_epoch}, val acc {result.best_val_acc:.4f}, "
-            f"test acc {result.test_metrics.get('accuracy', float('nan')):.4f}"
-        )
+        config = TrainConfig(**explicit)
+        result = train(config, progress=args.progress, report=report_hook(config))
+    print_result(result)
     return 0

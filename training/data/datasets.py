@@ -113,8 +113,9 @@ def build_data(config: TrainConfig, choose_spec: SpecChooser | None = None) -> D
     else:
         spec = choose_spec(source, split.train)
     eval_tf = EvalTransform(spec)
+    train_tf = TrainTransform(spec, augment_kind(config), config.trivial_augment, config.random_erasing)
     return DataSplits(
-        train=ImageDataset(source, split.train, TrainTransform(spec, augment_kind(config))),
+        train=ImageDataset(source, split.train, train_tf),
         val=ImageDataset(source, split.val, eval_tf),
         test=ImageDataset(source, split.test, eval_tf),
         classes=source.classes,

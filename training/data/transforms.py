@@ -16,14 +16,11 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 from striate.manifest import Preprocessing
+from striate.normalization import IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, IMAGENET_MEAN, IMAGENET_STD
 from striate.preprocess import normalize, preprocess, resize_and_crop, to_color_mode
 
 AugmentKind = Literal["digits", "shapes", "folder", "none"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGENET_GRAY_MEAN = (0.449,)  # mean of the RGB means: the usual grayscale stand-in
-IMAGENET_GRAY_STD = (0.226,)
 FOLDER_CROP_RATIO = 0.875  # resize the shorter side to size / 0.875, then centre-crop (ImageNet eval)
 
 _INTERPOLATION = {
@@ -51,12 +48,20 @@ class TrainTransform:
     - shapes: the same jitter plus horizontal and vertical flips (shapes are symmetric classes);
     - folder: RandomResizedCrop to the crop size and horizontal flip (the torchvision recipe);
     - none: the eval preprocessing.
+
+    Recipe options on top: `trivial_augment` applies TrivialAugmentWide (one random photometric or
+    geometric op of random strength) after the kind's augmentation; `random_erasing` is the
+    probability of erasing a rectangle of the normalised tensor (torchvision's RandomErasing).
     """
 
-    def __init__(self, spec: Preprocessing, kind: AugmentKind) -> None:
+    def __init__(
+        self, spec: Preprocessing, kind: AugmentKind, trivial_augment: bool = False, random_erasing: float = 0.0
+    ) -> None:
         self.spec = spec
         self.kind = kind
         interpolation = _INTERPOLATION[spec.interpolation]
+        self.trivial = T.TrivialAugmentWide(interpolation=interpolation) if trivial_augment else None
+        self.erase = T.RandomErasing(p=random_erasing, value=0) if random_erasing > 0 else None
         affine = T.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), interpolation=interpolation)
         if kind == "digits":
             self.augment: T.Transform | None = affine
@@ -78,7 +83,10 @@ class TrainTransform:
             img = resize_and_crop(img, self.spec)
         if self.augment is not None:
             img = self.augment(img)
-        return torch.from_numpy(normalize(img, self.spec))
+        if self.trivial is not None:
+            img = self.trivial(img)
+        tensor = torch.from_numpy(normalize(img, self.spec))
+        return self.erase(tensor) if self.erase is not None else tensor
 
 
 def fixed_size_spec(color_mode: str, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Preprocessing:

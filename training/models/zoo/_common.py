@@ -9,9 +9,11 @@ The zoo builds each architecture for the input it will see (8x8 digits up to 224
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -23,6 +25,27 @@ from ..base import ClassifierHead
 
 # Smallest side a stage may downsample a feature map to.
 MIN_FEATURE_SIZE = 2
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def builds(cls: type, *fixed: str) -> Callable[[F], F]:
+    """A builder passes its keyword arguments through to `cls`, whose `__init__` states the defaults.
+
+    The builder's signature (what `inspect.signature` and help show) becomes its own named
+    parameters plus those of `cls.__init__`, less the `fixed` ones the builder sets itself
+    (e.g. ResNet's block and layer counts), so each default is written once, in the class.
+    """
+
+    def wrap(builder: F) -> F:
+        own = [p for p in inspect.signature(builder).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        taken = {p.name for p in own} | set(fixed) | {"self"}
+        passed = [p for name, p in inspect.signature(cls.__init__).parameters.items() if name not in taken]
+        params = [p.replace(kind=p.KEYWORD_ONLY) for p in (*own, *passed)]
+        builder.__signature__ = inspect.Signature(params, return_annotation=cls)  # type: ignore[attr-defined]
+        return builder
+
+    return wrap
 
 
 def to_hw(input_size: int | Sequence[int]) -> tuple[int, int]:

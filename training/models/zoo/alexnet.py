@@ -22,7 +22,7 @@ from training.blocks import ConvNormAct, LayerFn
 
 from ..base import StriateModel
 from ..registry import register_model
-from ._common import FeatureSize, check_common, fc_head, init_weights, scaled, to_hw
+from ._common import FeatureSize, builds, check_common, fc_head, init_weights, scaled, to_hw
 
 
 class AlexNet(StriateModel):
@@ -70,13 +70,7 @@ class AlexNet(StriateModel):
 
 
 @register_model(family="zoo")
-def alexnet(
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    input_size: int | Sequence[int] = 224,
-    base_width: int = 64,
-    drop_rate: float = 0.5,
-    **kwargs,
-) -> AlexNet:
+@builds(AlexNet)
+def alexnet(**kwargs) -> AlexNet:
     """AlexNet: 5 convs (11x11/4 stem at >=128px), max pools, FC-4096 x2 (+BN; head="paper")."""
-    return AlexNet(num_classes, in_chans, input_size, base_width, drop_rate, **kwargs)
+    return AlexNet(**kwargs)

@@ -19,7 +19,7 @@ from training.blocks import ConvNormAct, InceptionModule, LayerFn
 
 from ..base import StriateModel
 from ..registry import register_model
-from ._common import FeatureSize, check_common, classifier_head, init_weights, scaled, stem_reductions, to_hw
+from ._common import FeatureSize, builds, check_common, classifier_head, init_weights, scaled, stem_reductions, to_hw
 
 # Table 1: #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj.
 INCEPTION = {
@@ -91,13 +91,7 @@ class GoogLeNet(StriateModel):
 
 
 @register_model(family="zoo")
-def googlenet(
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    input_size: int | Sequence[int] = 224,
-    base_width: int = 64,
-    drop_rate: float = 0.4,
-    **kwargs,
-) -> GoogLeNet:
+@builds(GoogLeNet)
+def googlenet(**kwargs) -> GoogLeNet:
     """GoogLeNet (Inception v1): 9 inception modules in 3 stages, global pool, dropout 0.4."""
-    return GoogLeNet(num_classes, in_chans, input_size, base_width, drop_rate, **kwargs)
+    return GoogLeNet(**kwargs)

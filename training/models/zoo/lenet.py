@@ -22,7 +22,7 @@ from training.blocks import ConvNormAct, LayerFn, create_pool2d
 
 from ..base import StriateModel
 from ..registry import register_model
-from ._common import FeatureSize, check_common, classifier_head, init_weights, scaled, to_hw
+from ._common import FeatureSize, builds, check_common, classifier_head, init_weights, scaled, to_hw
 
 
 class LeNet5(StriateModel):
@@ -64,13 +64,7 @@ class LeNet5(StriateModel):
 
 
 @register_model(family="zoo")
-def lenet5(
-    num_classes: int = 10,
-    in_chans: int = 1,
-    input_size: int | Sequence[int] = 32,
-    base_width: int = 6,
-    drop_rate: float = 0.0,
-    **kwargs,
-) -> LeNet5:
+@builds(LeNet5)
+def lenet5(**kwargs) -> LeNet5:
     """LeNet-5: conv5-pool, conv5-pool, conv5, FC 84 (ReLU, BN); paper default 1x32x32."""
-    return LeNet5(num_classes, in_chans, input_size, base_width, drop_rate, **kwargs)
+    return LeNet5(**kwargs)

@@ -18,7 +18,7 @@ from training.blocks import BasicBlock, Bottleneck, ConvNormAct, LayerFn
 
 from ..base import StriateModel
 from ..registry import register_model
-from ._common import FeatureSize, check_common, classifier_head, init_weights, stem_reductions, to_hw
+from ._common import FeatureSize, builds, check_common, classifier_head, init_weights, stem_reductions, to_hw
 
 Block = type[BasicBlock] | type[Bottleneck]
 
@@ -74,39 +74,21 @@ class ResNet(StriateModel):
 
 
 @register_model(family="zoo")
-def resnet18(
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    input_size: int | Sequence[int] = 224,
-    base_width: int = 64,
-    drop_rate: float = 0.0,
-    **kwargs,
-) -> ResNet:
+@builds(ResNet, "block", "layers")
+def resnet18(**kwargs) -> ResNet:
     """ResNet-18: basic blocks (2, 2, 2, 2), 11.7M params at 224px/1000 classes."""
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_chans, input_size, base_width, drop_rate, **kwargs)
+    return ResNet(BasicBlock, (2, 2, 2, 2), **kwargs)
 
 
 @register_model(family="zoo")
-def resnet34(
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    input_size: int | Sequence[int] = 224,
-    base_width: int = 64,
-    drop_rate: float = 0.0,
-    **kwargs,
-) -> ResNet:
+@builds(ResNet, "block", "layers")
+def resnet34(**kwargs) -> ResNet:
     """ResNet-34: basic blocks (3, 4, 6, 3)."""
-    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, in_chans, input_size, base_width, drop_rate, **kwargs)
+    return ResNet(BasicBlock, (3, 4, 6, 3), **kwargs)
 
 
 @register_model(family="zoo")
-def resnet50(
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    input_size: int | Sequence[int] = 224,
-    base_width: int = 64,
-    drop_rate: float = 0.0,
-    **kwargs,
-) -> ResNet:
+@builds(ResNet, "block", "layers")
+def resnet50(**kwargs) -> ResNet:
     """ResNet-50: bottleneck blocks (3, 4, 6, 3), stride on the 3x3 (v1.5)."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_chans, input_size, base_width, drop_rate, **kwargs)
+    return ResNet(Bottleneck, (3, 4, 6, 3), **kwargs)

@@ -19,7 +19,7 @@ from training.blocks import ConvNormAct, LayerFn
 
 from ..base import StriateModel
 from ..registry import register_model
-from ._common import FeatureSize, check_common, fc_head, init_weights, to_hw
+from ._common import FeatureSize, builds, check_common, fc_head, init_weights, to_hw
 
 # Convs per stack: configurations A (VGG-11) and D (VGG-16) of the paper's table 1.
 CONFIGS = {"vgg11": (1, 1, 2, 2, 2), "vgg16": (2, 2, 3, 3, 3)}
@@ -60,31 +60,15 @@ class VGG(StriateModel):
         init_weights(self)
 
 
-def _vgg(name: str, num_classes: int, in_chans: int, input_size, base_width: int, drop_rate: float, **kw) -> VGG:
-    return VGG(CONFIGS[name], num_classes, in_chans, input_size, base_width, drop_rate, **kw)
-
-
 @register_model(family="zoo")
-def vgg11(
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    input_size: int | Sequence[int] = 224,
-    base_width: int = 64,
-    drop_rate: float = 0.5,
-    **kwargs,
-) -> VGG:
+@builds(VGG, "depths")
+def vgg11(**kwargs) -> VGG:
     """VGG-11 (config A): 8 3x3 convs in 5 stacks, FC-4096 x2 (+BN; head="paper")."""
-    return _vgg("vgg11", num_classes, in_chans, input_size, base_width, drop_rate, **kwargs)
+    return VGG(CONFIGS["vgg11"], **kwargs)
 
 
 @register_model(family="zoo")
-def vgg16(
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    input_size: int | Sequence[int] = 224,
-    base_width: int = 64,
-    drop_rate: float = 0.5,
-    **kwargs,
-) -> VGG:
+@builds(VGG, "depths")
+def vgg16(**kwargs) -> VGG:
     """VGG-16 (config D): 13 3x3 convs in 5 stacks, FC-4096 x2 (+BN; head="paper")."""
-    return _vgg("vgg16", num_classes, in_chans, input_size, base_width, drop_rate, **kwargs)
+    return VGG(CONFIGS["vgg16"], **kwargs)

@@ -20,7 +20,7 @@ from training.blocks import ConvNormAct, DepthwiseSeparableConv, LayerFn
 
 from ..base import StriateModel
 from ..registry import register_model
-from ._common import FeatureSize, check_common, classifier_head, init_weights, scaled, stem_reductions, to_hw
+from ._common import FeatureSize, builds, check_common, classifier_head, init_weights, scaled, stem_reductions, to_hw
 
 
 class XceptionBlock(nn.Module):
@@ -102,13 +102,7 @@ class Xception(StriateModel):
 
 
 @register_model(family="zoo")
-def xception(
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    input_size: int | Sequence[int] = 299,
-    base_width: int = 32,
-    drop_rate: float = 0.0,
-    **kwargs,
-) -> Xception:
+@builds(Xception)
+def xception(**kwargs) -> Xception:
     """Xception: entry/middle/exit flows of depthwise-separable convs with residual shortcuts."""
-    return Xception(num_classes, in_chans, input_size, base_width, drop_rate, **kwargs)
+    return Xception(**kwargs)
