@@ -106,14 +106,20 @@ IMAGE_BODY = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "required": ["files"],
+                    "properties": {
+                        "files": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}}
+                    },
                 }
             },
             "image/*": {"schema": {"type": "string", "format": "binary"}},
             "application/json": {
                 "schema": {
                     "type": "object",
-                    "properties": {"images": {"type": "array", "items": {"type": "string", "format": "byte"}}},
+                    "required": ["images"],
+                    "properties": {
+                        "images": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "byte"}}
+                    },
                 },
                 "example": {"images": [EXAMPLE_PNG]},
             },
