@@ -38,8 +38,8 @@ class Settings(BaseSettings):
         "explicit: load and unload through POST /v2/repository/...",
     )
     poll_interval: float = Field(5.0, gt=0, description="seconds between rescans with model_control=poll")
-    drain_grace: float = Field(
-        30.0, ge=0, description="seconds requests in flight get to finish (SIGTERM, unload, swap)"
+    drain_grace: float = Field(  # below docker compose's stop_grace_period (20 s) and Kubernetes' 30 s
+        15.0, ge=0, description="seconds requests in flight get to finish (SIGTERM, unload, swap)"
     )
     api_key: str | None = Field(None, description="when set, every route but health needs it")
     host: str = "127.0.0.1"
