@@ -162,7 +162,7 @@ class Repository:
                 if current is not None:
                     plan.keep.add(version)
                 continue
-            self.status.setdefault(name, {})[key] = VersionStatus(State.LOADING)
+            self._set_status(name, key, VersionStatus(State.LOADING))
             try:
                 plan.opened[version] = open_bundle(name, path, self.settings, self._batcher)
                 plan.status[key] = VersionStatus(State.READY)
@@ -188,11 +188,12 @@ class Repository:
         status = dict(plan.status)
         for model in retired:
             status.setdefault(str(model.version), VersionStatus(State.UNLOADING))
-        if status:
-            self.status[plan.name] = status
-        else:
-            self.status.pop(plan.name, None)
+        self.status = {k: v for k, v in self.status.items() if k != plan.name} | ({plan.name: status} if status else {})
         return retired
+
+    def _set_status(self, name: str, key: str, status: VersionStatus) -> None:
+        """Copy on write: the loading thread and readers on the event loop never share a dict in change."""
+        self.status = {**self.status, name: {**self.status.get(name, {}), key: status}}
 
     def _batcher(self, name: str, version: int, graph_name: str, graph: Graph) -> Batcher:
         s, labels = self.settings, (name, str(version), graph_name)
@@ -243,7 +244,7 @@ class Repository:
                 raise NotFound(f"no model named {name!r} in the repository")
             retired = list(self.models.get(name, {}).values())
             self.models = {k: v for k, v in self.models.items() if k != name}
-            self.status[name] = {str(m.version): VersionStatus(State.UNLOADING) for m in retired}
+            self.status = self.status | {name: {str(m.version): VersionStatus(State.UNLOADING) for m in retired}}
             self._count()
         tasks = self._retire(retired, reason="unloaded")
         if tasks:
@@ -267,9 +268,10 @@ class Repository:
                 self.settings.drain_grace,
             )
         await model.close()
-        key, versions = str(model.version), self.status.get(model.name, {})
-        if key in versions and versions[key].state is State.UNLOADING:
-            versions[key] = VersionStatus(State.UNAVAILABLE, reason=reason)
+        key = str(model.version)
+        st = self.status.get(model.name, {}).get(key)
+        if st is not None and st.state is State.UNLOADING:
+            self._set_status(model.name, key, VersionStatus(State.UNAVAILABLE, reason=reason))
         log.info("retired %s/%d", model.name, model.version)
 
     async def _poll_forever(self) -> None:
