@@ -13,7 +13,8 @@ from service.inference import Inference
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.repository import Repository
-from service.routes import activations, classify, explain, features, health, models, v2
+from service.routes import activations, classify, explain, features, health, models, repository, v2
+from service.routes.common import install_openapi
 from service.settings import Settings, get_settings
 from striate import __version__
 
@@ -22,7 +23,21 @@ log = logging.getLogger("striate.service")
 DESCRIPTION = """Image classification, features, Grad-CAM explanations and activation maps from
 ONNX bundles (`exported/<name>/<version>/`), plus the Open Inference Protocol (KServe v2) with
 Triton's binary tensor extension. Concurrent requests are batched dynamically. With
-`STRIATE_API_KEY` set, send `Authorization: Bearer <key>` (or `X-API-Key`) to every route but health."""
+`STRIATE_API_KEY` set, send `Authorization: Bearer <key>` (or `X-API-Key`) to every route but health.
+Errors are JSON: `{"error": {"code", "message"}}` on v1, `{"error": "message"}` on v2."""
+
+# Every router the app serves, in order; a new router is one more line here.
+ROUTERS = (
+    health.router,
+    models.router,
+    classify.router,
+    features.router,
+    explain.router,
+    activations.router,
+    v2.health,
+    v2.models,
+    repository.router,
+)
 
 
 def configure_logging(level: str) -> None:
@@ -46,38 +61,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         configure_logging(settings.log_level)
-        repository = Repository(settings, metrics)
-        await asyncio.to_thread(repository.load)
+        repo = Repository(settings, metrics)
+        await asyncio.to_thread(repo.load)
         log.info(
-            "serving %d model version(s) from %s; %d broken",
-            len(repository.all_models()),
+            "serving %d model version(s) from %s; %d broken; model control: %s",
+            len(repo.all_models()),
             settings.model_dir,
-            len(repository.broken),
+            len(repo.broken),
+            settings.model_control,
         )
-        await repository.start()
-        app.state.repository = repository
+        await repo.start()
+        app.state.repository = repo
         app.state.inference = Inference(settings)
         try:
             yield
         finally:
             app.state.inference.close()
-            await repository.close()
+            await repo.close()
 
     app = FastAPI(title="Striate", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.draining = False  # set on SIGTERM (service/server.py): readiness 503, connections close
     install_handlers(app)
-    for router in (
-        health.router,
-        models.router,
-        classify.router,
-        features.router,
-        explain.router,
-        activations.router,
-        v2.health,
-        v2.models,
-    ):
+    for router in ROUTERS:
         app.include_router(router)
+    install_openapi(app)
     # Outermost first: metrics see every request, including those the body limit refuses.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

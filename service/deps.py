@@ -7,6 +7,7 @@ a worker thread (a thread round trip per dependency per request).
 from __future__ import annotations
 
 import hmac
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -38,8 +39,14 @@ RepositoryDep = Annotated[Repository, Depends(get_repository)]
 InferenceDep = Annotated[Inference, Depends(get_inference)]
 
 
-async def get_model(name: str, repository: RepositoryDep, version: str | None = None) -> LoadedModel:
-    return repository.get(name, version)
+async def get_model(request: Request, name: str, repository: RepositoryDep) -> AsyncIterator[LoadedModel]:
+    """The model version the URL names, leased for the whole request: an unload or a newer copy
+    swapped in meanwhile waits for this request to finish on the version it started on.
+
+    `{version}` is read from the path (routes with it declare it through `model_route`), so the
+    unversioned routes have no phantom `version` parameter."""
+    with repository.get(name, request.path_params.get("version")).lease() as model:
+        yield model
 
 
 ModelDep = Annotated[LoadedModel, Depends(get_model)]

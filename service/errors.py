@@ -7,9 +7,27 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("striate.service")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="a stable keyword, e.g. invalid_image, not_found, payload_too_large")
+    message: str = Field(description="what was wrong, and what to do")
+
+
+class ErrorBody(BaseModel):
+    """The v1 error answer."""
+
+    error: ErrorDetail
+
+
+class V2ErrorBody(BaseModel):
+    """The Open Inference Protocol's error answer."""
+
+    error: str = Field(description="what was wrong, and what to do")
 
 
 class ServiceError(Exception):
@@ -52,6 +70,10 @@ class Unprocessable(ServiceError):
     status, code = 422, "unprocessable"
 
 
+class Conflict(ServiceError):
+    status, code = 409, "conflict"
+
+
 class Overloaded(ServiceError):
     status, code = 503, "overloaded"
 
@@ -60,8 +82,13 @@ class NotReady(ServiceError):
     status, code = 503, "not_ready"
 
 
+def is_v2(path: str) -> bool:
+    """The Open Inference Protocol's routes, whose errors are `{"error": "message"}` (KServe)."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
 def error_response(path: str, status: int, code: str, message: str, headers=None) -> JSONResponse:
-    body = {"error": message} if path.startswith("/v2") else {"error": {"code": code, "message": message}}
+    body = {"error": message} if is_v2(path) else {"error": {"code": code, "message": message}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -80,12 +107,13 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        status = 400 if request.url.path.startswith("/v2") else 422
+        status = 400 if is_v2(request.url.path) else 422  # KServe answers bad requests with 400
         return error_response(request.url.path, status, "invalid_parameter", _validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 409: "conflict"}
+        code = codes.get(exc.status_code, "http_error")
         return error_response(request.url.path, exc.status_code, code, str(exc.detail), exc.headers)
 
     @app.exception_handler(Exception)

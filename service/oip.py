@@ -48,6 +48,7 @@ class InferRequest:
     outputs: dict[str, bool] | None  # requested name -> binary? (None: every output)
     binary_default: bool = False
     parameters: dict = field(default_factory=dict)
+    classification: dict[str, int] = field(default_factory=dict)  # output -> top k (Triton's extension)
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -96,7 +97,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         offset += used
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} bytes of binary data follow the inputs unclaimed")
-    outputs = None
+    outputs, classification = None, {}
     if doc.get("outputs") is not None:
         if not isinstance(doc["outputs"], list):
             raise BadRequest('"outputs" must be a list')
@@ -105,8 +106,15 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                 raise BadRequest('each requested output needs a "name"')
             out_params = out.get("parameters") or {}
+            if not isinstance(out_params, dict):
+                raise BadRequest(f'output {out["name"]!r}: "parameters" must be an object')
             binary_flag = out_params.get("binary_data", params.get("binary_data_output", False))
             outputs[out["name"]] = bool(binary_flag)
+            k = out_params.get("classification")
+            if k is not None:
+                if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+                    raise BadRequest(f'output {out["name"]!r}: "classification" must be a positive integer')
+                classification[out["name"]] = k
     request_id = doc.get("id")
     return InferRequest(
         id=str(request_id) if request_id is not None else None,
@@ -114,6 +122,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         outputs=outputs,
         binary_default=bool(params.get("binary_data_output", False)),
         parameters=params,
+        classification=classification,
     )
 
 
@@ -196,11 +205,18 @@ def encode_response(
     """JSON header + binary outputs; returns (body, header length or None when all JSON)."""
     entries, blobs = [], []
     for name, (array, binary) in outputs.items():
-        entry = {"name": name, "datatype": datatype_of(array.dtype), "shape": list(array.shape)}
+        strings = array.dtype == object  # BYTES: elements are bytes
+        datatype = "BYTES" if strings else datatype_of(array.dtype)
+        entry = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary:
-            raw = np.ascontiguousarray(array).tobytes()
+            if strings:
+                raw = b"".join(struct.pack("<I", len(item)) + item for item in array.ravel())
+            else:
+                raw = np.ascontiguousarray(array).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
+        elif strings:
+            entry["data"] = [item.decode("utf-8", "replace") for item in array.ravel()]
         else:
             entry["data"] = array.ravel().tolist()
         entries.append(entry)
@@ -211,3 +227,87 @@ def encode_response(
     if not blobs:
         return head, None
     return head + b"".join(blobs), len(head)
+
+
+# The inference request body (the JSON part), as the OpenAPI document states it.
+INFER_REQUEST_SCHEMA = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {
+            "type": "object",
+            "properties": {"binary_data_output": {"type": "boolean"}},
+            "additionalProperties": True,
+        },
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "datatype", "shape"],
+                "properties": {
+                    "name": {"type": "string", "examples": ["image"]},
+                    "datatype": {"type": "string", "enum": [*DATATYPES, "BYTES"]},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
+                        "additionalProperties": True,
+                    },
+                    "data": {"type": "array", "description": "row-major values; BYTES as base64 strings"},
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "examples": ["logits"]},
+                    "parameters": {
+                        "type": "object",
+                        "properties": {
+                            "binary_data": {"type": "boolean"},
+                            "classification": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "description": 'top k as BYTES "score:index:label" (Triton\'s extension)',
+                            },
+                        },
+                        "additionalProperties": True,
+                    },
+                },
+            },
+        },
+    },
+    "example": {
+        "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.0] * 64}],
+        "outputs": [{"name": "logits", "parameters": {"classification": 3}}],
+    },
+}
+
+INFER_RESPONSE_SCHEMA = {
+    "type": "object",
+    "required": ["model_name", "outputs"],
+    "properties": {
+        "model_name": {"type": "string"},
+        "model_version": {"type": "string"},
+        "id": {"type": "string"},
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "datatype", "shape"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "datatype": {"type": "string"},
+                    "shape": {"type": "array", "items": {"type": "integer"}},
+                    "parameters": {"type": "object"},
+                    "data": {"type": "array"},
+                },
+            },
+        },
+    },
+}

@@ -1,45 +1,55 @@
-"""The model repository: every bundle under the model dir, loaded once at start-up.
+"""The model repository: a small state machine per model version, driven by start-up, polling and
+Triton's repository API alike.
 
-Layout `<model_dir>/<name>/<version>/manifest.json`. The highest loaded version of a name is its
-default; every version is addressable. A bundle that fails to load is kept as a `BrokenBundle`
-(logged, listed with its error) and does not stop the others.
+Layout `<model_dir>/<name>/<version>/manifest.json`, plus an optional `<name>/config.json` version
+policy (service/policy.py). The highest served version of a name is its default; every served
+version is addressable. A version is LOADING while its sessions open, READY once it serves,
+UNAVAILABLE (with the reason) when it failed, was left out by the policy or was unloaded, and
+UNLOADING while the requests it holds finish.
+
+Changes are atomic: new bundles are opened and warmed up off the event loop, then the served table
+is swapped in one assignment. A request leases the `LoadedModel` it resolved, so it finishes on the
+version it started on; a retired version is closed only once its leases are returned (or the drain
+grace has passed). A bundle that fails to load leaves what was serving in place and shows its error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
-import numpy as np
-from pydantic import ValidationError
-
 from service.batcher import Batcher
+from service.bundles import BundleError, LoadedModel, bundle_signature, open_bundle, parse_version
 from service.errors import NotFound
 from service.metrics import Metrics
+from service.policy import CONFIG_FILE, load_config
 from service.runtime import Graph, providers_for
 from service.settings import Settings
-from striate.manifest import Manifest
+
+__all__ = ["BrokenBundle", "LoadedModel", "Repository", "State"]
 
 log = logging.getLogger("striate.service")
 
 
-@dataclass
-class LoadedModel:
-    name: str
-    version: int
-    path: Path
-    manifest: Manifest
-    graph: Graph
-    explain: Graph | None
-    batcher: Batcher = field(repr=False)
-    explain_batcher: Batcher | None = field(default=None, repr=False)
+class State(StrEnum):
+    """Triton's model states, as the repository index reports them."""
 
-    @property
-    def provider(self) -> str:
-        return self.graph.provider
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNLOADING = "UNLOADING"
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    state: State
+    reason: str = ""
+    error: str = ""  # set when a load failed (the version may still serve an older copy)
+    signature: tuple = ()  # the files that failed, so that polling retries only changed ones
 
 
 @dataclass(frozen=True)
@@ -50,100 +60,140 @@ class BrokenBundle:
     error: str
 
 
-def check_bundle(manifest: Manifest, graph: Graph, explain: Graph | None) -> None:
-    """Refuse a bundle whose graphs disagree with its manifest (names, channels, size)."""
-    spec = manifest.input
-    if spec.name not in graph.inputs:
-        raise ValueError(f"model graph has no input {spec.name!r} (it has {sorted(graph.inputs)})")
-    shape = graph.inputs[spec.name].shape
-    if len(shape) != 4 or any(
-        isinstance(d, int) and d != want
-        for d, want in zip(shape[1:], (spec.channels, spec.height, spec.width), strict=True)
-    ):
-        raise ValueError(f"model input shape {list(shape)} disagrees with the manifest's {spec}")
-    missing = [o.name for o in manifest.outputs if o.name not in graph.outputs]
-    if missing:
-        raise ValueError(f"model graph lacks outputs named in the manifest: {missing}")
-    if manifest.explain is not None:
-        if explain is None:
-            raise ValueError("manifest names an explain graph that did not load")
-        ex = manifest.explain
-        for name in (spec.name, ex.target_input):
-            if name not in explain.inputs:
-                raise ValueError(f"explain graph has no input {name!r}")
-        for name in (ex.cam_output, ex.logits_output):
-            if name not in explain.outputs:
-                raise ValueError(f"explain graph has no output {name!r}")
+@dataclass
+class _Plan:
+    """What one rescan of a model decided (built off the loop, applied on it)."""
+
+    name: str
+    opened: dict[int, LoadedModel] = field(default_factory=dict)
+    keep: set[int] = field(default_factory=set)
+    status: dict[str, VersionStatus] = field(default_factory=dict)
 
 
 class Repository:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings, self.metrics = settings, metrics
-        self.models: dict[str, dict[int, LoadedModel]] = {}
-        self.broken: list[BrokenBundle] = []
+        self.root = Path(settings.model_dir)
+        self.models: dict[str, dict[int, LoadedModel]] = {}  # served; replaced whole, never edited
+        self.status: dict[str, dict[str, VersionStatus]] = {}  # name -> version folder -> status
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="striate-ort")
+        self._lock: asyncio.Lock | None = None
+        self._poller: asyncio.Task | None = None
+        self._retiring: set[asyncio.Task] = set()
 
-    # -- loading ---------------------------------------------------------------------------------
+    # -- what is there -----------------------------------------------------------------------------
+    def model_names(self) -> list[str]:
+        """Model folders in the repository (hidden ones skipped)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    @property
+    def broken(self) -> list[BrokenBundle]:
+        return [
+            BrokenBundle(name, version, self.root / name / version, st.error)
+            for name, versions in sorted(self.status.items())
+            for version, st in sorted(versions.items())
+            if st.error
+        ]
+
+    def index(self) -> list[dict]:
+        """Triton's repository index: every model folder and version, with its state and reason."""
+        rows = []
+        for name in sorted(set(self.model_names()) | set(self.status)):
+            versions = self.status.get(name)
+            if not versions:
+                rows.append({"name": name, "state": State.UNAVAILABLE.value, "reason": "not loaded"})
+                continue
+            for version, st in sorted(versions.items(), key=lambda kv: (parse_version(kv[0]) or 0, kv[0])):
+                row = {"name": name, "version": version, "state": st.state.value}
+                if st.reason or st.error:
+                    row["reason"] = st.reason or st.error
+                rows.append(row)
+        return rows
+
+    # -- loading -----------------------------------------------------------------------------------
     def load(self) -> None:
-        """Scan the model dir and load every bundle (blocking; call before serving)."""
+        """Scan the model dir and load every bundle (blocking; call before serving, then `start`)."""
         providers_for(self.settings.device)  # a device that cannot be had fails start-up, not each bundle
-        root = Path(self.settings.model_dir)
-        if not root.is_dir():
-            log.warning("model dir %s does not exist: serving no models", root)
-            return
-        for name_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for version_dir in sorted(p for p in name_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                self._load_one(name_dir.name, version_dir)
-        self.metrics.models_loaded.set(sum(len(v) for v in self.models.values()))
-        self.metrics.models_broken.set(len(self.broken))
+        if not self.root.is_dir():
+            log.warning("model dir %s does not exist: serving no models", self.root)
+        for name in self.model_names():
+            self._apply(self._plan(name, retry_failed=True))
+        self._count()
 
-    def _load_one(self, name: str, path: Path) -> None:
+    def _plan(self, name: str, retry_failed: bool) -> _Plan:
+        """Rescan one model folder and open what is new or changed (blocking)."""
+        plan = _Plan(name)
+        folder = self.root / name
+        served = self.models.get(name, {})
+        previous = self.status.get(name, {})
+        if not folder.is_dir():
+            return plan  # gone: everything it served retires
         try:
-            if not path.name.isdigit() or int(path.name) < 1:
-                raise ValueError("version folders must be positive integers")
-            version = int(path.name)
-            manifest = Manifest.load(path)
-            if (manifest.name, manifest.version) != (name, version):
-                raise ValueError(
-                    f"manifest says {manifest.name}/{manifest.version} but the bundle sits at {name}/{version}"
-                )
-            graph = Graph(path / manifest.graph, self.settings)
-            explain = Graph(path / manifest.explain.graph, self.settings) if manifest.explain else None
-            check_bundle(manifest, graph, explain)
-        except FileNotFoundError as exc:
-            self._broken(name, path, f"missing file: {exc.filename or exc}")
-            return
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}" for e in exc.errors())
-            self._broken(name, path, f"invalid manifest: {problems}"[:2000])
-            return
-        except Exception as exc:  # any failure is this bundle's problem only
-            self._broken(name, path, f"{type(exc).__name__}: {exc}".strip()[:2000])
-            return
-        model = LoadedModel(
-            name,
-            version,
-            path,
-            manifest,
-            graph,
-            explain,
-            batcher=self._batcher(name, version, "model", graph),
-            explain_batcher=self._batcher(name, version, "explain", explain) if explain else None,
-        )
-        self._warm_up(model)
-        self.models.setdefault(name, {})[version] = model
-        log.info(
-            "loaded %s/%d from %s on %s%s",
-            name,
-            version,
-            path,
-            graph.provider,
-            f" (explain on {explain.provider})" if explain else "",
-        )
+            policy = load_config(folder).version_policy
+        except ValueError as exc:  # a bad config changes nothing that serves
+            plan.keep = set(served)
+            plan.status = {str(v): VersionStatus(State.READY) for v in served}
+            plan.status[CONFIG_FILE] = VersionStatus(State.UNAVAILABLE, error=str(exc))
+            log.error("model %s: %s", name, exc)
+            return plan
+        versions: dict[int, Path] = {}
+        for path in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            version = parse_version(path.name)
+            if version is None:
+                error = "version folders must be positive integers written in ASCII digits (1, 2, ...)"
+                plan.status[path.name] = VersionStatus(State.UNAVAILABLE, error=error)
+            else:
+                versions[version] = path
+        wanted = policy.select(list(versions))
+        for version in sorted(set(versions) - set(wanted)):
+            reason = f"not selected by the version policy ({policy.describe()})"
+            plan.status[str(version)] = VersionStatus(State.UNAVAILABLE, reason=reason)
+        for version in wanted:
+            key, path = str(version), versions[version]
+            signature, current, before = bundle_signature(path), served.get(version), previous.get(key)
+            if current is not None and current.signature == signature:
+                plan.keep.add(version)
+                plan.status[key] = VersionStatus(State.READY)
+                continue
+            if before is not None and before.error and before.signature == signature and not retry_failed:
+                plan.status[key] = before  # unchanged since it failed: do not retry on every poll
+                if current is not None:
+                    plan.keep.add(version)
+                continue
+            self._set_status(name, key, VersionStatus(State.LOADING))
+            try:
+                plan.opened[version] = open_bundle(name, path, self.settings, self._batcher)
+                plan.status[key] = VersionStatus(State.READY)
+                log.info("loaded %s/%d from %s on %s", name, version, path, plan.opened[version].provider)
+            except BundleError as exc:
+                log.error("bundle %s failed to load: %s", path, exc)
+                if current is not None:  # the copy already serving stays, and the error shows
+                    plan.keep.add(version)
+                    plan.status[key] = VersionStatus(State.READY, error=str(exc), signature=signature)
+                else:
+                    plan.status[key] = VersionStatus(State.UNAVAILABLE, error=str(exc), signature=signature)
+        return plan
 
-    def _broken(self, name: str, path: Path, error: str) -> None:
-        log.error("bundle %s failed to load: %s", path, error)
-        self.broken.append(BrokenBundle(name, path.name, path, error))
+    def _apply(self, plan: _Plan) -> list[LoadedModel]:
+        """Swap the plan in (one assignment); returns the models it retired, still to drain."""
+        served = self.models.get(plan.name, {})
+        new = {v: served[v] for v in plan.keep} | plan.opened
+        retired = [m for v, m in served.items() if new.get(v) is not m]
+        models = {k: v for k, v in self.models.items() if k != plan.name}
+        if new:
+            models[plan.name] = dict(sorted(new.items()))
+        self.models = models
+        status = dict(plan.status)
+        for model in retired:
+            status.setdefault(str(model.version), VersionStatus(State.UNLOADING))
+        self.status = {k: v for k, v in self.status.items() if k != plan.name} | ({plan.name: status} if status else {})
+        return retired
+
+    def _set_status(self, name: str, key: str, status: VersionStatus) -> None:
+        """Copy on write: the loading thread and readers on the event loop never share a dict in change."""
+        self.status = {**self.status, name: {**self.status.get(name, {}), key: status}}
 
     def _batcher(self, name: str, version: int, graph_name: str, graph: Graph) -> Batcher:
         s, labels = self.settings, (name, str(version), graph_name)
@@ -164,39 +214,96 @@ class Repository:
             queue_gauge=depth.set,
         )
 
-    @staticmethod
-    def _warm_up(model: LoadedModel) -> None:
-        """One run per graph (first-call allocations), which also seeds each batcher's run-time estimate."""
-        spec = model.manifest.input
-        image = np.zeros((1, spec.channels, spec.height, spec.width), dtype=np.float32)
-        feeds = {spec.name: image}
-        runs = [(model.graph, model.batcher, feeds, [model.manifest.logits_output])]
-        if model.explain is not None and model.manifest.explain is not None:
-            ex = model.manifest.explain
-            explain_feeds = feeds | {ex.target_input: np.full(1, -1, np.int64)}
-            runs.append((model.explain, model.explain_batcher, explain_feeds, [ex.cam_output]))
-        for graph, batcher, graph_feeds, outputs in runs:
-            graph.run(graph_feeds, outputs)
-            start = time.perf_counter()
-            graph.run(graph_feeds, outputs)
-            batcher.recent_run_s = time.perf_counter() - start
+    def _count(self) -> None:
+        self.metrics.models_loaded.set(sum(len(v) for v in self.models.values()))
+        self.metrics.models_broken.set(len(self.broken))
 
-    # -- serving ---------------------------------------------------------------------------------
+    # -- control (on the event loop) -----------------------------------------------------------------
+    async def sync(self, name: str, retry_failed: bool = True) -> _Plan:
+        """Bring one model in line with its folder and policy: load new or changed versions, retire
+        the ones gone or left out. Serialised with every other change."""
+        assert self._lock is not None, "call start() first"
+        async with self._lock:
+            plan = await asyncio.to_thread(self._plan, name, retry_failed)
+            for model in plan.opened.values():
+                model.start()
+            self._retire(self._apply(plan))
+            self._count()
+            return plan
+
+    async def sync_all(self) -> None:
+        """One poll: every model folder present, and every model served whose folder went away."""
+        for name in sorted(set(self.model_names()) | set(self.models) | set(self.status)):
+            await self.sync(name, retry_failed=False)
+
+    async def unload(self, name: str) -> list[LoadedModel]:
+        """Stop routing to every version of `name`; they close once their requests finished."""
+        assert self._lock is not None, "call start() first"
+        async with self._lock:
+            if name not in self.models and name not in self.status and name not in self.model_names():
+                raise NotFound(f"no model named {name!r} in the repository")
+            retired = list(self.models.get(name, {}).values())
+            self.models = {k: v for k, v in self.models.items() if k != name}
+            self.status = self.status | {name: {str(m.version): VersionStatus(State.UNLOADING) for m in retired}}
+            self._count()
+        tasks = self._retire(retired, reason="unloaded")
+        if tasks:
+            await asyncio.wait(tasks)
+        return retired
+
+    def _retire(self, retired: list[LoadedModel], reason: str = "unloaded") -> list[asyncio.Task]:
+        tasks = [asyncio.get_running_loop().create_task(self._drain_and_close(m, reason)) for m in retired]
+        self._retiring.update(tasks)
+        for task in tasks:
+            task.add_done_callback(self._retiring.discard)
+        return tasks
+
+    async def _drain_and_close(self, model: LoadedModel, reason: str) -> None:
+        if not await model.drain(self.settings.drain_grace):
+            log.warning(
+                "%s/%d still had %d request(s) after %.0f s (STRIATE_DRAIN_GRACE); closing it anyway",
+                model.name,
+                model.version,
+                model.inflight,
+                self.settings.drain_grace,
+            )
+        await model.close()
+        key = str(model.version)
+        st = self.status.get(model.name, {}).get(key)
+        if st is not None and st.state is State.UNLOADING:
+            self._set_status(model.name, key, VersionStatus(State.UNAVAILABLE, reason=reason))
+        log.info("retired %s/%d", model.name, model.version)
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval)
+            try:
+                await self.sync_all()
+            except Exception:  # a failed poll must not stop the next one
+                log.exception("polling the model repository failed")
+
+    # -- serving -----------------------------------------------------------------------------------
     def all_models(self) -> list[LoadedModel]:
         return [m for versions in self.models.values() for m in versions.values()]
 
     async def start(self) -> None:
+        self._lock = asyncio.Lock()
         for model in self.all_models():
-            model.batcher.start()
-            if model.explain_batcher is not None:
-                model.explain_batcher.start()
+            model.start()
+        if self.settings.model_control == "poll":
+            self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
 
     async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         for model in self.all_models():
-            await model.batcher.close()
-            if model.explain_batcher is not None:
-                await model.explain_batcher.close()
+            await model.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def served_versions(self, name: str) -> list[int]:
+        return sorted(self.models.get(name, {}))
 
     @property
     def ready(self) -> bool:
@@ -205,9 +312,13 @@ class Repository:
     def versions(self, name: str) -> dict[int, LoadedModel]:
         versions = self.models.get(name)
         if not versions:
-            broken = [b for b in self.broken if b.name == name]
-            if broken:
-                raise NotFound(f"model {name!r} failed to load: {broken[0].error}")
+            known = self.status.get(name, {}).values()
+            errors = [st.error for st in known if st.error]
+            if errors:
+                raise NotFound(f"model {name!r} failed to load: {errors[0]}")
+            reasons = [st.reason for st in known if st.reason]
+            if reasons:
+                raise NotFound(f"model {name!r} is not available: {reasons[0]}")
             raise NotFound(f"no model named {name!r}; available: {sorted(self.models) or 'none'}")
         return versions
 
@@ -216,7 +327,12 @@ class Repository:
         versions = self.versions(name)
         if version is None or version == "":
             return versions[max(versions)]
-        key = str(version)
-        if not key.isdigit() or int(key) not in versions:
-            raise NotFound(f"model {name!r} has no version {key!r}; versions: {sorted(versions)}")
-        return versions[int(key)]
+        number = version if isinstance(version, int) else parse_version(version)
+        if number not in versions:
+            st = self.status.get(name, {}).get(str(number))
+            if st is not None and (st.error or st.reason):
+                what = f"failed to load: {st.error}" if st.error else f"is not available: {st.reason}"
+                raise NotFound(f"model {name!r} version {number} {what}; serving versions: {sorted(versions)}")
+            hint = "" if number is not None else " (versions are positive integers in ASCII digits)"
+            raise NotFound(f"model {name!r} has no version {str(version)!r}{hint}; versions: {sorted(versions)}")
+        return versions[number]

@@ -32,6 +32,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body")
     max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (width x height)")
     max_images: int = Field(256, ge=1, description="most images in one request")
+    model_control: Literal["none", "poll", "explicit"] = Field(
+        "none",
+        description="none: load at start-up only; poll: rescan every poll_interval seconds; "
+        "explicit: load and unload through POST /v2/repository/...",
+    )
+    poll_interval: float = Field(5.0, gt=0, description="seconds between rescans with model_control=poll")
+    drain_grace: float = Field(  # below docker compose's stop_grace_period (20 s) and Kubernetes' 30 s
+        15.0, ge=0, description="seconds requests in flight get to finish (SIGTERM, unload, swap)"
+    )
     api_key: str | None = Field(None, description="when set, every route but health needs it")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

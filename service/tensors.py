@@ -4,7 +4,10 @@ Inputs: `image` FP32 [N, C, H, W] (preprocessed), or `image` BYTES [N] holding e
 (JPEG, PNG...) that the server decodes and preprocesses with the manifest, as the v1 API does;
 and `target` INT64 [N] when the bundle explains (negative: the predicted class).
 Outputs: the model graph's outputs, plus `cam` from the explain graph; unless asked for, the
-outputs are the model graph's (the explain graph runs only on demand).
+outputs are the model graph's (the explain graph runs only on demand). With Triton's
+classification extension (`parameters.classification = k` on a requested output) an [N, C] output
+comes back as BYTES [N, k], "score:index:label" best first (":label" for the logits only: the
+labels name the classes).
 """
 
 from __future__ import annotations
@@ -92,3 +95,18 @@ async def run_tensors(model: LoadedModel, image: np.ndarray, target: np.ndarray 
         with model.batcher.announce() as ticket:
             results |= await model.batcher.submit({m.input.name: image}, graph_outputs, ticket)
     return {name: results[name] for name in wanted}
+
+
+def classification(model: LoadedModel, name: str, array: np.ndarray, k: int) -> np.ndarray:
+    """Triton's classification extension: the top `k` of each row as BYTES "score:index[:label]"."""
+    if array.ndim != 2:
+        raise BadRequest(f"output {name!r} has shape {list(array.shape)}: classification needs an [N, classes] output")
+    labels = model.manifest.labels if name == model.manifest.logits_output else None
+    k = min(k, array.shape[1])
+    order = np.argsort(-array, axis=1, kind="stable")[:, :k]
+    out = np.empty(order.shape, dtype=object)
+    for row, indices in enumerate(order):
+        for col, index in enumerate(indices):
+            text = f"{float(array[row, index]):f}:{int(index)}" + (f":{labels[index]}" if labels else "")
+            out[row, col] = text.encode()
+    return out

@@ -194,3 +194,63 @@ def test_body_limit_is_413_naming_the_limit(locked):
         httpx.post(f"{locked}/v1/models/tiny/classify", content=digits_png_bytes(0), headers=PNG | auth).status_code
         == 200
     )
+
+
+@pytest.mark.parametrize("segment", ["³", "١", "٣", "²", "1.0", "01", "-1", "0"])
+def test_version_segments_are_strict_ascii_numbers(client, server, segment):
+    """Unicode digits were a 500 ("³": int() fails) or silently read as a number ("١" -> 1)."""
+    good = digits_png_bytes(0)
+    for r in (
+        client.post(f"/v1/models/tiny/versions/{segment}/classify", content=good, headers=PNG),
+        client.get(f"/v1/models/tiny/versions/{segment}"),
+    ):
+        _error(r, 404, "not_found", "no version", "[1, 2]")
+    for path in (f"/v2/models/tiny/versions/{segment}", f"/v2/models/tiny/versions/{segment}/ready"):
+        r = client.get(path)
+        assert r.status_code == 404 and "no version" in r.json()["error"], (path, r.text)
+    body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.0] * 64}]}
+    r = client.post(f"/v2/models/tiny/versions/{segment}/infer", json=body)
+    assert r.status_code == 404 and "no version" in r.json()["error"], r.text
+    assert client.get("/v1/models/tiny/versions/1").status_code == 200  # the connection still serves
+
+
+def test_unicode_version_folders_are_refused_at_load(model_dir, tmp_path):
+    import shutil
+
+    from service.metrics import Metrics
+    from service.repository import Repository
+
+    root = tmp_path / "repo"
+    shutil.copytree(model_dir / "tiny" / "1", root / "tiny" / "1")
+    shutil.copytree(model_dir / "tiny" / "1", root / "tiny" / "١")
+    repo = Repository(make_settings(root), Metrics())
+    repo.load()
+    assert sorted(repo.models["tiny"]) == [1]
+    assert "ASCII digits" in {b.version: b.error for b in repo.broken}["١"]
+
+
+def _relabel(bundle, labels: int) -> None:
+    import json
+
+    path = bundle / "manifest.json"
+    doc = json.loads(path.read_text())
+    doc["labels"] = doc["labels"][:labels]
+    path.write_text(json.dumps(doc))
+
+
+def test_fewer_labels_than_logits_is_refused_at_load(model_dir, tmp_path):
+    """It used to load and then answer 500 (IndexError in top-k) to every classify and explain."""
+    import shutil
+
+    root = tmp_path / "repo"
+    shutil.copytree(model_dir / "tiny" / "1", root / "tiny" / "1")
+    shutil.copytree(model_dir / "tiny" / "2", root / "tiny" / "2")
+    _relabel(root / "tiny" / "2", 9)
+    with run_server(make_settings(root)) as url, httpx.Client(base_url=url) as c:
+        listing = c.get("/v1/models").json()
+        assert listing["models"][0]["versions"] == [1]
+        (broken,) = listing["broken"]
+        assert broken["version"] == "2" and "9 labels" in broken["error"] and "10 logits" in broken["error"]
+        r = c.post("/v1/models/tiny/versions/2/classify", content=digits_png_bytes(0), headers=PNG)
+        _error(r, 404, "not_found", "9 labels")
+        assert c.post("/v1/models/tiny/classify", content=digits_png_bytes(0), headers=PNG).status_code == 200

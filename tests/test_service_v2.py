@@ -135,3 +135,68 @@ def test_encoded_images_as_bytes_are_preprocessed_by_the_server(triton, server, 
     bad = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(b"xx").decode()]}]}
     r = httpx.post(f"{server}/v2/models/tiny/infer", json=bad)
     assert r.status_code == 400 and "not a recognised image" in r.json()["error"]
+
+
+def _text(item) -> str:
+    """tritonclient gives BYTES elements as bytes from binary outputs and as str from JSON ones."""
+    return item.decode() if isinstance(item, bytes) else item
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_classification_extension_like_triton(triton, model_dir, binary):
+    """`InferRequestedOutput(name, class_count=k)`: BYTES [N, k] of "score:index:label", best first."""
+    x = _images("tiny", model_dir, 3)
+    inp = tritonhttp.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    outs = [
+        tritonhttp.InferRequestedOutput("logits", binary_data=binary, class_count=3),
+        tritonhttp.InferRequestedOutput("embedding", binary_data=binary, class_count=2),
+    ]
+    result = triton.infer("tiny", [inp], outputs=outs)
+    logits, embedding = _direct(model_dir, "tiny", x, ["logits", "embedding"])
+    top = result.as_numpy("logits")
+    assert top.shape == (3, 3) and result.get_output("logits")["datatype"] == "BYTES"
+    labels = Manifest.load(model_dir / "tiny" / "2").labels
+    for row, scores in zip(top, logits, strict=True):
+        parsed = [_text(item).split(":") for item in row]
+        indices = [int(index) for _, index, _ in parsed]
+        assert indices == list(np.argsort(-scores)[:3])
+        for score, index, label in parsed:
+            assert label == labels[int(index)]
+            assert float(score) == pytest.approx(float(scores[int(index)]), abs=1e-5)
+    emb = result.as_numpy("embedding")
+    for row, values in zip(emb, embedding, strict=True):
+        parsed = [_text(item).split(":") for item in row]
+        assert all(len(p) == 2 for p in parsed)  # no labels for an embedding
+        assert [int(i) for _, i in parsed] == list(np.argsort(-values, kind="stable")[:2])
+
+
+def test_classification_extension_refuses_maps_and_bad_counts(server, model_dir):
+    x = _images("tiny", model_dir, 1)
+    image = {"name": "image", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}
+    for outputs, words in (
+        ([{"name": "s2_map", "parameters": {"classification": 2}}], "[N, classes]"),
+        ([{"name": "logits", "parameters": {"classification": 0}}], "positive integer"),
+        ([{"name": "logits", "parameters": {"classification": "3"}}], "positive integer"),
+    ):
+        r = httpx.post(f"{server}/v2/models/tiny/infer", json={"inputs": [image], "outputs": outputs})
+        assert r.status_code == 400 and words in r.json()["error"], r.text
+    many = {"inputs": [image], "outputs": [{"name": "logits", "parameters": {"classification": 50}}]}
+    r = httpx.post(f"{server}/v2/models/tiny/infer", json=many)
+    assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [1, 10]  # k past the classes: all
+
+
+def test_openapi_documents_v2_truthfully(server):
+    spec = httpx.get(f"{server}/openapi.json").json()
+    infer = spec["paths"]["/v2/models/{name}/infer"]["post"]
+    assert infer["requestBody"]["content"]["application/json"]["schema"]["required"] == ["inputs"]
+    assert {"400", "401", "404", "413", "503"} <= set(infer["responses"]) and "422" not in infer["responses"]
+    error = infer["responses"]["400"]["content"]["application/json"]["schema"]
+    assert error == {"$ref": "#/components/schemas/V2ErrorBody"}
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            names = [p["name"] for p in op.get("parameters", [])]
+            assert ("version" in names) == ("{version}" in path), (method, path, names)  # no phantom version
+            if path.startswith("/v2"):
+                assert "422" not in op["responses"], (method, path)
+    assert "HTTPValidationError" not in spec["components"]["schemas"]

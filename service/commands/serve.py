@@ -17,6 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--api-key", help="require this key on every route but health (or STRIATE_API_KEY)")
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument(
+        "--model-control",
+        choices=["none", "poll", "explicit"],
+        help="none: load at start-up; poll: rescan every STRIATE_POLL_INTERVAL s; explicit: the "
+        "repository API (POST /v2/repository/...) loads and unloads (default: STRIATE_MODEL_CONTROL or none)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     from service.app import create_app
     from service.runtime import providers_for
+    from service.server import DrainingServer
     from service.settings import Settings
     from striate.errors import StriateError
 
@@ -37,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
             "device": args.device,
             "api_key": args.api_key,
             "log_level": args.log_level,
+            "model_control": args.model_control,
         }.items()
         if value is not None
     }
@@ -49,12 +57,14 @@ def run(args: argparse.Namespace) -> int:
     providers_for(settings.device)  # refuse "cuda" up front when onnxruntime has no CUDA provider
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         workers=1,
         access_log=settings.log_level == "debug",
     )
+    DrainingServer(config, app, settings.drain_grace).run()  # SIGTERM: drain, then exit 0
     return 0

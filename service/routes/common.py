@@ -1,15 +1,95 @@
-"""What the image routes share: both URL forms, the documented request body, prediction headers."""
+"""What the routes share: the documented error statuses, both URL forms of a model route, the
+documented image body, prediction headers.
+
+Every route declares each status it sends with `error_responses(...)` (or `model_route`, which does
+it for image routes), so the OpenAPI document lists them with the JSON error schema;
+`install_openapi` then drops FastAPI's automatic 422 (its own body shape, which we never send) in
+favour of ours on v1 and removes it on v2, whose bad input is a 400.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, FastAPI, Path
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 
+from service.errors import ErrorBody, V2ErrorBody, is_v2
 from service.repository import LoadedModel
+
+ERROR_MEANINGS = {
+    400: "bad input: an image, body or tensor that cannot be used (the message says which)",
+    401: "an API key is required (the server runs with STRIATE_API_KEY)",
+    404: "no such model, version or route",
+    409: "the request conflicts with the server's state or mode",
+    413: "the body, an image or the number of images is over a limit",
+    415: "a content type this route does not take",
+    422: "a parameter with a value the route cannot use",
+    503: "not ready, shutting down, or the queue is full (retry after Retry-After seconds)",
+}
+
+# What every image route (v1 POST /models/{name}[/versions/{v}]/<suffix>) can answer besides 200.
+IMAGE_ROUTE_ERRORS = (400, 401, 404, 413, 415, 422, 503)
+
+
+def error_responses(*statuses: int, v2: bool = False) -> dict[int | str, dict]:
+    """OpenAPI `responses` for the error statuses a route sends, each with the JSON error schema."""
+    body = V2ErrorBody if v2 else ErrorBody
+    return {status: {"model": body, "description": ERROR_MEANINGS[status]} for status in statuses}
+
+
+async def version_path(
+    version: Annotated[str, Path(description="a version number (1, 2, ...)", examples=["1"])],
+) -> None:
+    """Documents the `{version}` segment; the model dependency reads it from the path."""
+
+
+def model_route(router: APIRouter, method: str, suffix: str, **kwargs) -> Callable:
+    """Register a route at /models/{name}<suffix> and /models/{name}/versions/{version}<suffix>
+    (the latter with a documented `version` path parameter, the former without a phantom one)."""
+
+    def wrap(fn: Callable) -> Callable:
+        add = getattr(router, method)
+        add(f"/models/{{name}}{suffix}", **kwargs)(fn)
+        versioned = kwargs | {
+            "summary": f"{kwargs.get('summary', fn.__name__)} (one version)",
+            "dependencies": [*kwargs.get("dependencies", []), Depends(version_path)],
+        }
+        add(f"/models/{{name}}/versions/{{version}}{suffix}", **versioned)(fn)
+        return fn
+
+    return wrap
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Make the OpenAPI document state our error bodies only (see the module docstring)."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            ours = {"$ref": "#/components/schemas/ErrorBody"}
+            for path, operations in spec.get("paths", {}).items():
+                for operation in operations.values():
+                    responses = operation.get("responses", {})
+                    auto = responses.get("422", {}).get("content", {}).get("application/json", {})
+                    if auto.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                        if is_v2(path):
+                            del responses["422"]
+                        else:
+                            auto["schema"] = ours
+                            responses["422"]["description"] = ERROR_MEANINGS[422]
+            schemas = spec.get("components", {}).get("schemas", {})
+            schemas.setdefault("ErrorBody", ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}"))
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi
+
 
 # An 8x8 sklearn digit (a "3") as a base64 PNG, for the OpenAPI example.
 EXAMPLE_PNG = (
@@ -26,14 +106,20 @@ IMAGE_BODY = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "required": ["files"],
+                    "properties": {
+                        "files": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}}
+                    },
                 }
             },
             "image/*": {"schema": {"type": "string", "format": "binary"}},
             "application/json": {
                 "schema": {
                     "type": "object",
-                    "properties": {"images": {"type": "array", "items": {"type": "string", "format": "byte"}}},
+                    "required": ["images"],
+                    "properties": {
+                        "images": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "byte"}}
+                    },
                 },
                 "example": {"images": [EXAMPLE_PNG]},
             },
@@ -45,16 +131,10 @@ NPY = "application/x-npy"
 
 
 def model_post(router: APIRouter, suffix: str, **kwargs) -> Callable:
-    """Register a POST route at /models/{name}<suffix> and /models/{name}/versions/{version}<suffix>."""
-
-    def wrap(fn: Callable) -> Callable:
-        extra = {**IMAGE_BODY, **kwargs.pop("openapi_extra", {})}
-        router.post(f"/models/{{name}}{suffix}", openapi_extra=extra, **kwargs)(fn)
-        versioned = {**kwargs, "summary": f"{kwargs.get('summary', fn.__name__)} (one version)"}
-        router.post(f"/models/{{name}}/versions/{{version}}{suffix}", openapi_extra=extra, **versioned)(fn)
-        return fn
-
-    return wrap
+    """An image route: POST at both URL forms, the image body and every status it can send documented."""
+    extra = {**IMAGE_BODY, **kwargs.pop("openapi_extra", {})}
+    responses = error_responses(*IMAGE_ROUTE_ERRORS) | kwargs.pop("responses", {})
+    return model_route(router, "post", suffix, openapi_extra=extra, responses=responses, **kwargs)
 
 
 def wants_npy(accept: str | None, fmt: str | None) -> bool:

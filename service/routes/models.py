@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import ApiKey, RepositoryDep
+from service.deps import ApiKey, ModelDep, RepositoryDep
 from service.repository import LoadedModel, Repository
+from service.routes.common import error_responses, model_route
 from service.schemas import BrokenModel, LayerInfo, ModelDetail, ModelList, ModelSummary, ModelVersion
 
-router = APIRouter(prefix="/v1", tags=["models"], dependencies=[ApiKey])
+router = APIRouter(prefix="/v1", tags=["models"], dependencies=[ApiKey], responses=error_responses(401))
 
 
 def describe(model: LoadedModel, repository: Repository) -> ModelVersion:
@@ -16,7 +17,7 @@ def describe(model: LoadedModel, repository: Repository) -> ModelVersion:
     return ModelVersion(
         name=model.name,
         version=model.version,
-        latest=model.version == max(repository.models[model.name]),
+        latest=model.version == max(repository.served_versions(model.name), default=model.version),
         architecture=m.architecture,
         provider=model.provider,
         labels=list(m.labels),
@@ -50,8 +51,9 @@ async def list_models(repository: RepositoryDep) -> ModelList:
     return ModelList(models=summaries, broken=broken)
 
 
-@router.get("/models/{name}", response_model=ModelDetail, summary="a model's latest version")
-@router.get("/models/{name}/versions/{version}", response_model=ModelDetail, summary="one version of a model")
-async def get_model(repository: RepositoryDep, name: str, version: str | None = None) -> ModelDetail:
-    model = repository.get(name, version)
-    return ModelDetail(**describe(model, repository).model_dump(), versions=sorted(repository.models[name]))
+@model_route(
+    router, "get", "", response_model=ModelDetail, summary="a model's metadata", responses=error_responses(404)
+)
+async def get_model(repository: RepositoryDep, model: ModelDep) -> ModelDetail:
+    versions = repository.served_versions(model.name) or [model.version]
+    return ModelDetail(**describe(model, repository).model_dump(), versions=versions)

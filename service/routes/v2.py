@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
 from service.deps import ApiKey, InferenceDep, ModelDep, RepositoryDep, SettingsDep
 from service.errors import BadRequest, NotReady
-from service.oip import decompress, encode_response, parse_request
-from service.tensors import check_inputs, explain_names, input_spec, output_specs, run_tensors
+from service.oip import INFER_REQUEST_SCHEMA, INFER_RESPONSE_SCHEMA, decompress, encode_response, parse_request
+from service.routes.common import error_responses, model_route
+from service.tensors import check_inputs, classification, explain_names, input_spec, output_specs, run_tensors
 from striate import __version__
 
-health = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
-models = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"], dependencies=[ApiKey])
+TAGS = ["open inference protocol (v2)"]
+health = APIRouter(prefix="/v2", tags=TAGS)
+models = APIRouter(prefix="/v2", tags=TAGS, dependencies=[ApiKey], responses=error_responses(401, v2=True))
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+# Triton's names for what this server speaks beyond the core protocol.
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository"]
+
+NOT_FOUND = error_responses(404, v2=True)
 
 
 @health.get("/health/live", summary="server live")
@@ -23,8 +30,10 @@ async def live() -> dict:
     return {"live": True}
 
 
-@health.get("/health/ready", summary="server ready (models loaded)")
-async def ready(repository: RepositoryDep) -> dict:
+@health.get("/health/ready", summary="server ready (models loaded)", responses=error_responses(503, v2=True))
+async def ready(request: Request, repository: RepositoryDep) -> dict:
+    if getattr(request.app.state, "draining", False):
+        raise NotReady("the server is shutting down", headers={"Connection": "close"})
     if not repository.ready:
         raise NotReady("no model is loaded")
     return {"ready": True}
@@ -35,26 +44,23 @@ async def server_metadata() -> dict:
     return {"name": "striate", "version": __version__, "extensions": EXTENSIONS}
 
 
-@models.get("/models/{name}", summary="model metadata")
-@models.get("/models/{name}/versions/{version}", summary="model version metadata")
+@model_route(models, "get", "", summary="model metadata", responses=NOT_FOUND)
 async def model_metadata(model: ModelDep, repository: RepositoryDep) -> dict:
     return {
         "name": model.name,
-        "versions": [str(v) for v in sorted(repository.models[model.name])],
+        "versions": [str(v) for v in repository.served_versions(model.name) or [model.version]],
         "platform": "onnxruntime_onnx",
         "inputs": [input_spec(model)],
         "outputs": output_specs(model),
     }
 
 
-@models.get("/models/{name}/ready", summary="model ready")
-@models.get("/models/{name}/versions/{version}/ready", summary="model version ready")
+@model_route(models, "get", "/ready", summary="model ready", responses=NOT_FOUND)
 async def model_ready(model: ModelDep) -> dict:
     return {"name": model.name, "version": str(model.version), "ready": True}
 
 
-@models.get("/models/{name}/config", summary="Triton-style model configuration")
-@models.get("/models/{name}/versions/{version}/config", summary="Triton-style model configuration")
+@model_route(models, "get", "/config", summary="Triton-style model configuration", responses=NOT_FOUND)
 async def model_config(model: ModelDep, settings: SettingsDep) -> dict:
     spec = model.manifest.input
     inputs = [{"name": spec.name, "data_type": "TYPE_FP32", "dims": [spec.channels, spec.height, spec.width]}]
@@ -74,17 +80,54 @@ async def model_config(model: ModelDep, settings: SettingsDep) -> dict:
     }
 
 
-@models.post(
-    "/models/{name}/infer",
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "the inference request as JSON; or, with Inference-Header-Content-Length, that JSON "
+        "followed by the raw bytes of each input whose parameters give binary_data_size (Triton's "
+        "binary tensor extension). Content-Encoding gzip or deflate is accepted.",
+        "content": {
+            "application/json": {"schema": INFER_REQUEST_SCHEMA},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+INFER_RESPONSES = {
+    200: {
+        "description": "the outputs, as JSON or (binary_data) JSON followed by raw bytes",
+        "content": {
+            "application/json": {"schema": INFER_RESPONSE_SCHEMA},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+} | error_responses(400, 404, 413, 503, v2=True)
+
+
+@model_route(
+    models,
+    "post",
+    "/infer",
     summary="inference (JSON tensors or Triton binary data)",
     description="Input `image`: FP32 [N, C, H, W] preprocessed tensors, or BYTES [N] encoded images "
     "(JPEG, PNG...; binary, or base64 strings in JSON) that the server decodes and preprocesses. "
-    'Optional `target` INT64 [N] and output `cam` give Grad-CAM maps. Errors: 400 with {"error": ...}.',
+    "Optional `target` INT64 [N] and output `cam` give Grad-CAM maps. `parameters.classification = k` "
+    'on a requested output returns its top k as BYTES "score:index:label". Bad input: 400 '
+    '`{"error": "..."}`.',
+    openapi_extra=INFER_BODY,
+    responses=INFER_RESPONSES,
+    response_class=Response,
 )
-@models.post("/models/{name}/versions/{version}/infer", summary="inference on one version")
-async def infer(model: ModelDep, request: Request, settings: SettingsDep, inference: InferenceDep) -> Response:
+async def infer(
+    model: ModelDep,
+    request: Request,
+    settings: SettingsDep,
+    inference: InferenceDep,
+    inference_header_content_length: Annotated[
+        str | None, Header(description="length of the JSON part when binary tensors follow it")
+    ] = None,
+) -> Response:
     body = decompress(await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes)
-    req = parse_request(body, request.headers.get("inference-header-content-length"))
+    req = parse_request(body, inference_header_content_length)
     image, target = check_inputs(model, req.inputs, settings.max_images)
     known = [o["name"] for o in output_specs(model)]
     if req.outputs is None:
@@ -97,6 +140,8 @@ async def infer(model: ModelDep, request: Request, settings: SettingsDep, infere
     if isinstance(image, list):  # BYTES: encoded images, decoded with the manifest's preprocessing
         image = (await inference.decode(model, image)).tensor
     arrays = await run_tensors(model, np.ascontiguousarray(image), target, list(wanted))
+    for name, k in req.classification.items():
+        arrays[name] = classification(model, name, arrays[name], k)
     body, header_length = encode_response(
         model.name, model.version, req.id, {n: (arrays[n], wanted[n]) for n in wanted}
     )
