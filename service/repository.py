@@ -64,14 +64,18 @@ def check_bundle(manifest: Manifest, graph: Graph, explain: Graph | None) -> Non
     missing = [o.name for o in manifest.outputs if o.name not in graph.outputs]
     if missing:
         raise ValueError(f"model graph lacks outputs named in the manifest: {missing}")
-    if manifest.explain is not None:
+    if manifest.explain is not None and manifest.explain.graph is not None:
         if explain is None:
             raise ValueError("manifest names an explain graph that did not load")
         ex = manifest.explain
-        for name in (spec.name, ex.target_input):
+        for name in (spec.name, ex.targets_input):
             if name not in explain.inputs:
                 raise ValueError(f"explain graph has no input {name!r}")
-        for name in (ex.cam_output, ex.logits_output):
+        for name in (
+            *ex.cam_outputs.values(),
+            ex.logits_output,
+            *([ex.explained_output] if ex.explained_output else []),
+        ):
             if name not in explain.outputs:
                 raise ValueError(f"explain graph has no output {name!r}")
 
@@ -108,7 +112,8 @@ class Repository:
                     f"manifest says {manifest.name}/{manifest.version} but the bundle sits at {name}/{version}"
                 )
             graph = Graph(path / manifest.graph, self.settings)
-            explain = Graph(path / manifest.explain.graph, self.settings) if manifest.explain else None
+            ex = manifest.explain
+            explain = Graph(path / ex.graph, self.settings) if ex is not None and ex.graph else None
             check_bundle(manifest, graph, explain)
         except FileNotFoundError as exc:
             self._broken(name, path, f"missing file: {exc.filename or exc}")
@@ -173,8 +178,9 @@ class Repository:
         runs = [(model.graph, model.batcher, feeds, [model.manifest.logits_output])]
         if model.explain is not None and model.manifest.explain is not None:
             ex = model.manifest.explain
-            explain_feeds = feeds | {ex.target_input: np.full(1, -1, np.int64)}
-            runs.append((model.explain, model.explain_batcher, explain_feeds, [ex.cam_output]))
+            target = np.full((1,) if ex.single_target else (1, 1), -1, np.int64)
+            explain_feeds = feeds | {ex.targets_input: target}
+            runs.append((model.explain, model.explain_batcher, explain_feeds, list(ex.cam_outputs.values())))
         for graph, batcher, graph_feeds, outputs in runs:
             graph.run(graph_feeds, outputs)
             start = time.perf_counter()

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body")
     max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (width x height)")
     max_images: int = Field(256, ge=1, description="most images in one request")
+    max_explain_targets: int = Field(10, ge=1, description="most classes explained per image in one request")
+    max_explain_passes: int = Field(
+        1024, ge=1, description="most forward passes one explain request may run (gradient-free methods, scores)"
+    )
     api_key: str | None = Field(None, description="when set, every route but health needs it")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
