@@ -16,6 +16,7 @@ from striate.explain.methods import GRADIENT_METHODS
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
+FLOAT64_SLACK = 1.5  # how much farther than pytorch-grad-cam a map may be from float64 (see MethodParity)
 
 
 class _Strict(BaseModel):
@@ -85,9 +86,11 @@ class MethodParity(_Strict):
     """How closely a gradient method in the explain graph matches pytorch-grad-cam, checked at export.
 
     `max_abs_diff`: onnxruntime vs pytorch-grad-cam's class of the same name, on the scaled maps of
-    the export's real images. Where float32 rounding puts that over `tolerance`, both are compared
-    with a float64 reference: the method passes when onnxruntime is no farther from it than
-    pytorch-grad-cam is (`float64_diff` <= `package_float64_diff`), or within `tolerance` of it.
+    the export's real images. Where float32 rounding puts that over `tolerance` (an ill-conditioned
+    map: XGrad-CAM divides by a channel's activation sum, which nearly cancels after Hardswish),
+    both are compared with a float64 reference: the method passes when onnxruntime is within
+    `tolerance` of it, or no farther from it than pytorch-grad-cam is, up to `FLOAT64_SLACK` (both
+    are then float32 rounding of the same sum; which one lands nearer is chance).
     """
 
     method: str
@@ -102,7 +105,7 @@ class MethodParity(_Strict):
             return True
         if self.float64_diff is None or self.package_float64_diff is None:
             return False
-        return self.float64_diff <= max(self.tolerance, self.package_float64_diff)
+        return self.float64_diff <= max(self.tolerance, FLOAT64_SLACK * self.package_float64_diff)
 
 
 class ExplainSpec(_Strict):

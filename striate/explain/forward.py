@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .passes import Passes, resize_map, scale_map, softmax
+from .passes import Passes, resize_map, scale_map, softmax, unit_range
 
 RISE_MASKS = 512  # masks per image
 RISE_CELLS = 7  # mask resolution before upsampling (cells per side)
@@ -110,7 +110,7 @@ def occlusion(x: np.ndarray, targets: np.ndarray, patch: int | None = None, stri
         for (t, left, ph, pw), d in zip(boxes, drops, strict=True):
             total[:, t : t + ph, left : left + pw] += d[:, None, None]
             count[t : t + ph, left : left + pw] += 1
-        return scale_map(np.maximum(total / np.maximum(count, 1), 0.0))
+        return unit_range(np.maximum(total / np.maximum(count, 1), 0.0))
 
     return Passes(1 + len(boxes), make, finish)
 
@@ -143,6 +143,6 @@ def rise(x: np.ndarray, targets: np.ndarray, count: int = RISE_MASKS) -> Passes:
     def finish(logits: np.ndarray) -> np.ndarray:
         probs = softmax(logits)[:, targets]  # [count, T]
         sal = np.einsum("nt,nhw->thw", probs, masks) / (count * RISE_KEEP)
-        return scale_map(sal)
+        return unit_range(sal)
 
     return Passes(count, make, finish)

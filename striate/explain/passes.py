@@ -56,3 +56,10 @@ def scale_map(cam: np.ndarray) -> np.ndarray:
     """Min-max scaling of [..., h, w] maps to [0, 1], as pytorch-grad-cam's scale_cam_image."""
     cam = cam - cam.min(axis=(-2, -1), keepdims=True)
     return (cam / (1e-7 + cam.max(axis=(-2, -1), keepdims=True))).astype(np.float32)
+
+
+def unit_range(maps: np.ndarray) -> np.ndarray:
+    """Each [h, w] map of [..., h, w] stretched to exactly [0, 1] (all zeros when flat)."""
+    lo = maps.min(axis=(-2, -1), keepdims=True)
+    span = maps.max(axis=(-2, -1), keepdims=True) - lo
+    return np.where(span > 0, (maps - lo) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
