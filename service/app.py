@@ -13,7 +13,7 @@ from service.inference import Inference
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.repository import Repository
-from service.routes import activations, classify, explain, features, health, models, v2
+from service.routes import activations, classify, explain, features, health, models, v2, v2_explain
 from service.settings import Settings, get_settings
 from striate import __version__
 
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         activations.router,
         v2.health,
         v2.models,
+        v2_explain.router,
     ):
         app.include_router(router)
     # Outermost first: metrics see every request, including those the body limit refuses.

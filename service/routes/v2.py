@@ -15,7 +15,7 @@ from striate import __version__
 health = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
 models = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"], dependencies=[ApiKey])
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "explain"]  # explain: routes/v2_explain.py
 
 
 @health.get("/health/live", summary="server live")
