@@ -198,11 +198,11 @@ async def run_passes(model: LoadedModel, passes: Passes, chunk: int):
         return passes.finish(np.zeros((0, len(model.manifest.labels)), np.float32))
     name, logits = model.manifest.input.name, model.manifest.logits_output
     parts = []
-    for a, b in passes.chunks(chunk):
-        batch = np.ascontiguousarray(passes.make(a, b), dtype=np.float32)
-        out = await model.batcher.submit({name: batch}, [logits])
+    for a, b in passes.chunks(chunk):  # making a chunk (masks, imputation) is numpy work: off the loop
+        batch = await asyncio.to_thread(passes.make, a, b)
+        out = await model.batcher.submit({name: np.ascontiguousarray(batch, dtype=np.float32)}, [logits])
         parts.append(out[logits])
-    return passes.finish(np.concatenate(parts))
+    return await asyncio.to_thread(passes.finish, np.concatenate(parts))
 
 
 def choose(logits: np.ndarray, targets: tuple[int, ...]) -> np.ndarray:

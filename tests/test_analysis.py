@@ -453,6 +453,15 @@ def test_cli_analyses_on_checkpoint_and_bundle(trained, bundle: Path, tmp_path: 
         == 0
     )
     assert png_size(tmp_path / "gal" / "gallery.png") == (660, 480)
+    capsys.readouterr()
+    argv = ["analyze", "gallery", str(bundle), "--methods", "gradcam++,layercam,rise", "--score", "deletion"]
+    argv += ["--correct", "1", "--wrong", "0", "--samples", "30", "--out", str(tmp_path / "gal2")]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "deletion" in printed and all(m in printed for m in ("gradcampp", "layercam", "rise"))
+    summary = json.loads((tmp_path / "gal2" / "faithfulness.json").read_text())["methods"]
+    assert all(0.0 <= summary[m]["deletion"] <= 1.0 for m in ("gradcampp", "layercam", "rise"))
+    assert png_size(tmp_path / "gal2" / "gallery.png") == (880, 260)  # (1 + 3 methods) x 1 row
 
 
 def test_cli_gallery_on_a_bare_onnx_model(tmp_path: Path, capsys) -> None:

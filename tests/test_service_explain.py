@@ -211,3 +211,27 @@ def test_openapi_declares_the_explain_errors(client):
     post = doc["paths"]["/v1/models/{name}/explain"]["post"]
     assert "422" in post["responses"]
     assert {p["name"] for p in post["parameters"]} >= {"method", "targets", "top_targets", "score", "format"}
+
+
+def test_concurrent_requests_with_different_target_counts(client, model_dir):
+    """The batcher merges only requests whose tensors fit together: [N, 1] and [N, 3] targets arriving
+    at once are run apart, and each gets its own maps."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = digits_png_bytes(6)
+    queries = ["targets=4", "targets=1,2,3", "top_targets=2", "targets=0,9"] * 4
+
+    def post(query: str) -> tuple[str, httpx.Response]:
+        return query, client.post(f"/v1/models/digits/explain?method=gradcam&{query}", content=data, headers=PNG)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(post, queries))
+    x = tensor(model_dir, "digits", data)
+    for query, r in answers:
+        assert r.status_code == 200, r.text
+        got = maps(r.json())
+        explained = [e["target"]["index"] for e in r.json()["results"][0]["explanations"]]
+        (expected,) = direct(
+            model_dir, "digits", "explain.onnx", {"image": x, "targets": np.array([explained])}, ["cam_gradcam"]
+        )
+        np.testing.assert_allclose(got, expected[0], atol=1e-6, err_msg=query)

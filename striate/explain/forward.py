@@ -45,21 +45,24 @@ def _torch_bilinear_align_corners(maps: np.ndarray, size: tuple[int, int]) -> np
 
 
 def score_cam(x: np.ndarray, activations: np.ndarray, targets: np.ndarray) -> Passes:
-    """Score-CAM of `x` [C, H, W] from the target layer's `activations` [K, h, w]; maps [T, h, w]."""
-    up = _torch_bilinear_align_corners(activations.astype(np.float32), x.shape[1:])
-    lo = up.min(axis=(1, 2), keepdims=True)
-    hi = up.max(axis=(1, 2), keepdims=True)
-    masks = (up - lo) / (hi - lo + 1e-8)
+    """Score-CAM of `x` [C, H, W] from the target layer's `activations` [K, h, w]; maps [T, h, w].
+
+    The masks are made chunk by chunk (at 224 px, all of them at once would take ~100 MB).
+    """
+    acts = activations.astype(np.float32)
 
     def make(a: int, b: int) -> np.ndarray:
-        return x[None] * masks[a:b, None]
+        up = _torch_bilinear_align_corners(acts[a:b], x.shape[1:])
+        lo = up.min(axis=(1, 2), keepdims=True)
+        hi = up.max(axis=(1, 2), keepdims=True)
+        return x[None] * ((up - lo) / (hi - lo + 1e-8))[:, None]
 
     def finish(logits: np.ndarray) -> np.ndarray:
         weights = softmax(logits[:, targets].T)  # [T, K]: softmax over channels of the target's logit
-        cam = np.maximum(np.einsum("tk,khw->thw", weights, activations), 0.0)
+        cam = np.maximum(np.einsum("tk,khw->thw", weights, acts), 0.0)
         return scale_map(scale_map(cam))
 
-    return Passes(len(activations), make, finish)
+    return Passes(len(acts), make, finish)
 
 
 def eigen_cam(activations: np.ndarray, num_targets: int) -> np.ndarray:
@@ -115,34 +118,34 @@ def occlusion(x: np.ndarray, targets: np.ndarray, patch: int | None = None, stri
     return Passes(1 + len(boxes), make, finish)
 
 
-def rise_masks(shape: tuple[int, int], count: int = RISE_MASKS, seed: int = SEED) -> np.ndarray:
-    """[count, H, W] smooth random masks in [0, 1]: RISE's cells, upsampled and randomly shifted."""
+def rise_mask(shape: tuple[int, int], index: int, seed: int = SEED) -> np.ndarray:
+    """Mask number `index` [H, W] in [0, 1]: RISE's random cells, upsampled and randomly shifted.
+
+    Each mask has its own random stream, so any slice of them can be made alone (chunk by chunk).
+    """
     h, w = shape
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, index])
     cell_h, cell_w = -(-h // RISE_CELLS), -(-w // RISE_CELLS)
-    grid = (rng.random((count, RISE_CELLS, RISE_CELLS)) < RISE_KEEP).astype(np.float32)
-    big = (RISE_CELLS + 1) * cell_h, (RISE_CELLS + 1) * cell_w
-    masks = np.empty((count, h, w), np.float32)
-    shifts = rng.integers(0, [cell_h, cell_w], size=(count, 2))
-    for i in range(count):
-        up = resize_map(grid[i], big)
-        dy, dx = shifts[i]
-        masks[i] = up[dy : dy + h, dx : dx + w]
-    return masks
+    grid = (rng.random((RISE_CELLS, RISE_CELLS)) < RISE_KEEP).astype(np.float32)
+    up = resize_map(grid, ((RISE_CELLS + 1) * cell_h, (RISE_CELLS + 1) * cell_w))
+    dy, dx = rng.integers(0, [cell_h, cell_w])
+    return up[dy : dy + h, dx : dx + w]
 
 
 def rise(x: np.ndarray, targets: np.ndarray, count: int = RISE_MASKS) -> Passes:
     """RISE maps [T, H, W] of `x` [C, H, W]: masked inputs keep the image where the mask is 1."""
-    masks = rise_masks(x.shape[1:], count)
     fill = x.mean(axis=(1, 2), keepdims=True)
+    shape = x.shape[1:]
 
     def make(a: int, b: int) -> np.ndarray:
-        m = masks[a:b, None]
+        m = np.stack([rise_mask(shape, i) for i in range(a, b)])[:, None]
         return x[None] * m + fill * (1 - m)
 
     def finish(logits: np.ndarray) -> np.ndarray:
         probs = softmax(logits)[:, targets]  # [count, T]
-        sal = np.einsum("nt,nhw->thw", probs, masks) / (count * RISE_KEEP)
-        return unit_range(sal)
+        sal = np.zeros((len(targets), *shape), np.float64)
+        for i in range(count):
+            sal += probs[i][:, None, None] * rise_mask(shape, i)
+        return unit_range(sal / (count * RISE_KEEP))
 
     return Passes(count, make, finish)
