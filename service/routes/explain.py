@@ -66,7 +66,8 @@ async def explain(
             f"format={format} takes exactly one image and one target ({len(uploads)} images, "
             f"{len(query.targets)} targets sent); use format=json or npy"
         )
-    with model.batcher.announce():
+    gradient = METHODS[query.method].kind == "gradient"
+    with (model.explain_batcher if gradient else model.batcher).announce():  # its first run is on its way
         decoded = await inference.decode(model, uploads, keep=format in ("png", "overlay"))
     result = await run_explain(model, decoded.tensor, query, settings)
     labels = model.manifest.labels
