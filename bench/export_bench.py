@@ -91,10 +91,10 @@ def gradcam_cost(bundle: Path, images: np.ndarray, batches: list[int], reps: int
     rows = []
     for n in batches:
         x = np.ascontiguousarray(images[:n])
-        target = np.full(n, -1, dtype=np.int64)
+        target = np.full((n, 1), -1, dtype=np.int64)
         t_plain, t_explain = interleaved(
             lambda x=x: plain.run(["logits"], {"image": x}),
-            lambda x=x, t=target: explain.run(None, {"image": x, "target": t}),
+            lambda x=x, t=target: explain.run(["logits", "cam_gradcam"], {"image": x, "targets": t}),
             reps,
         )
         rows.append(
@@ -123,8 +123,8 @@ def gradcam_vs_package(
             targets = [ClassifierOutputTarget(t) for t in predicted]
 
             def ours(x: np.ndarray = x, n: int = n) -> np.ndarray:
-                _, c = explain.run(None, {"image": x, "target": np.full(n, -1, dtype=np.int64)})
-                return np.stack([cv2.resize(m, (w, h)) for m in c])
+                (c,) = explain.run(["cam_gradcam"], {"image": x, "targets": np.full((n, 1), -1, dtype=np.int64)})
+                return np.stack([cv2.resize(m[0], (w, h)) for m in c])
 
             t_ort, t_pkg = interleaved(ours, lambda xt=xt, targets=targets: cam(xt, targets), reps)
             rows.append(

@@ -13,7 +13,7 @@ from service.inference import Inference
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.repository import Repository
-from service.routes import activations, classify, explain, features, health, models, repository, v2
+from service.routes import activations, classify, explain, features, health, models, repository, v2, v2_explain
 from service.routes.common import install_openapi
 from service.settings import Settings, get_settings
 from striate import __version__
@@ -36,6 +36,7 @@ ROUTERS = (
     activations.router,
     v2.health,
     v2.models,
+    v2_explain.router,
     repository.router,
 )
 

@@ -42,6 +42,7 @@ class _Job:
     outputs: tuple[str, ...]
     size: int
     future: asyncio.Future = field(repr=False)
+    key: tuple = ()  # feeds' names and per-item shapes: only jobs with equal keys are concatenated
 
 
 class Batcher:
@@ -117,7 +118,8 @@ class Batcher:
                 f"the queue is full ({self._queued} images waiting, limit {self.max_queue}); retry shortly",
                 headers={"Retry-After": "1"},
             )
-        job = _Job(feeds, tuple(outputs), size, asyncio.get_running_loop().create_future())
+        key = tuple((name, array.shape[1:]) for name, array in feeds.items())
+        job = _Job(feeds, tuple(outputs), size, asyncio.get_running_loop().create_future(), key)
         self._jobs.append(job)
         self._queued += size
         self._set_gauge()
@@ -143,7 +145,7 @@ class Batcher:
         deadline = loop.time() + self.max_delay_s
         while size < self.max_batch:
             if self._jobs:
-                if size + self._jobs[0].size > self.max_batch:
+                if size + self._jobs[0].size > self.max_batch or self._jobs[0].key != batch[0].key:
                     break
                 job = self._jobs.popleft()
                 batch.append(job)

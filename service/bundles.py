@@ -115,14 +115,18 @@ def check_bundle(manifest: Manifest, graph: Graph, explain: Graph | None) -> Non
     logits_spec = next(o for o in manifest.outputs if o.name == manifest.logits_output)
     classes = {d for d in (*logits_spec.shape[1:2], *graph.outputs[manifest.logits_output].shape[1:2]) if _known(d)}
     _check_classes(manifest, classes)
-    if manifest.explain is not None:
+    if manifest.explain is not None and manifest.explain.graph is not None:
         if explain is None:
             raise BundleError("manifest names an explain graph that did not load")
         ex = manifest.explain
-        for name in (spec.name, ex.target_input):
+        for name in (spec.name, ex.targets_input):
             if name not in explain.inputs:
                 raise BundleError(f"explain graph has no input {name!r}")
-        for name in (ex.cam_output, ex.logits_output):
+        for name in (
+            *ex.cam_outputs.values(),
+            ex.logits_output,
+            *([ex.explained_output] if ex.explained_output else []),
+        ):
             if name not in explain.outputs:
                 raise BundleError(f"explain graph has no output {name!r}")
 
@@ -154,7 +158,8 @@ def open_bundle(name: str, path: Path, settings: Settings, make_batcher: Batcher
                 f"manifest says {manifest.name}/{manifest.version} but the bundle sits at {name}/{version}"
             )
         graph = Graph(path / manifest.graph, settings)
-        explain = Graph(path / manifest.explain.graph, settings) if manifest.explain else None
+        ex = manifest.explain
+        explain = Graph(path / ex.graph, settings) if ex is not None and ex.graph else None
         check_bundle(manifest, graph, explain)
         model = LoadedModel(
             name,
@@ -189,10 +194,11 @@ def warm_up(model: LoadedModel) -> None:
     runs = [(model.graph, model.batcher, feeds, m.logits_output)]
     if model.explain is not None and m.explain is not None:
         ex = m.explain
-        explain_feeds = feeds | {ex.target_input: np.full(1, -1, np.int64)}
+        target = np.full((1,) if ex.single_target else (1, 1), -1, np.int64)
+        explain_feeds = feeds | {ex.targets_input: target}
         runs.append((model.explain, model.explain_batcher, explain_feeds, ex.logits_output))
     for graph, batcher, graph_feeds, logits in runs:
-        outputs = [logits] if graph is model.graph else [logits, m.explain.cam_output]
+        outputs = [logits] if graph is model.graph else [logits, *m.explain.cam_outputs.values()]
         out = graph.run(graph_feeds, outputs)[logits]
         if out.ndim != 2:
             raise BundleError(f"logits {logits!r} have shape {list(out.shape)}; expected [N, classes]")

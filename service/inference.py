@@ -126,24 +126,6 @@ class Inference:
         out, _ = await self.run(model, uploads, [spec.map_output, logits])
         return spec, out[spec.map_output], out[logits]
 
-    async def explain(
-        self, model: LoadedModel, uploads: list[Upload], target: int | None, keep: bool
-    ) -> tuple[np.ndarray, np.ndarray, Decoded]:
-        """(logits [N, K], cam [N, h, w], decoded inputs) from the bundle's explain graph."""
-        ex = model.manifest.explain
-        if ex is None or model.explain_batcher is None:
-            raise Unprocessable(f"model {model.name}/{model.version} exports no explain graph")
-        batcher = model.explain_batcher
-        with batcher.announce() as ticket:
-            decoded = await self.decode(model, uploads, keep)
-            n = len(decoded.tensor)
-            feeds = {
-                model.manifest.input.name: decoded.tensor,
-                ex.target_input: np.full(n, -1 if target is None else target, dtype=np.int64),
-            }
-            out = await batcher.submit(feeds, [ex.logits_output, ex.cam_output], ticket)
-        return out[ex.logits_output], out[ex.cam_output], decoded
-
 
 def feature_layer(model: LoadedModel, layer: str) -> FeatureLayer:
     spec = model.manifest.layer(layer)
@@ -162,18 +144,3 @@ def map_layer(model: LoadedModel, layer: str) -> FeatureLayer:
             f"layers with maps: {with_maps}"
         )
     return spec
-
-
-def resolve_target(model: LoadedModel, target: str | None) -> int | None:
-    """A class index or a label -> index; None means the predicted class."""
-    if target is None or target == "":
-        return None
-    labels = model.manifest.labels
-    if target.lstrip("-").isdigit():
-        index = int(target)
-        if not 0 <= index < len(labels):
-            raise Unprocessable(f"class index {index} is out of range: {model.name} has {len(labels)} classes")
-        return index
-    if target in labels:
-        return labels.index(target)
-    raise Unprocessable(f"unknown class {target!r}; give an index 0..{len(labels) - 1} or one of the labels")

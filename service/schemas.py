@@ -59,17 +59,47 @@ class FeaturesResponse(BaseModel):
     }
 
 
+class Score(BaseModel):
+    name: str = Field(description="road | deletion | insertion | drop")
+    value: float
+    higher_is_better: bool
+
+
+class TargetExplanation(BaseModel):
+    target: ClassScore
+    cam: list[list[float]] = Field(description="the map, in [0, 1] (feature or input resolution)")
+    score: Score | None = Field(None, description="the map's faithfulness, when `score` was asked for")
+
+
 class Explanation(BaseModel):
     prediction: Prediction
-    target: ClassScore = Field(description="the class explained (the predicted one unless asked)")
-    cam: list[list[float]] = Field(description="Grad-CAM map at feature resolution, in [0, 1]")
+    target: ClassScore = Field(description="the first class explained (the predicted one unless asked)")
+    cam: list[list[float]] = Field(description="the first target's map, in [0, 1]")
+    explanations: list[TargetExplanation] = Field(description="one per target, in the order asked")
+
+
+class MethodInfo(BaseModel):
+    name: str
+    title: str
+    kind: str = Field(description="gradient (explain graph) | forward (forward passes only)")
+    parity: float | None = Field(None, description="max abs difference to pytorch-grad-cam at export")
+
+
+class ExplainInfo(BaseModel):
+    target_layer: str | None
+    cam_shape: list[int] | None = Field(description="(h, w) of the target layer's maps (gradient methods)")
+    default_method: str
+    methods: list[MethodInfo]
+    scores: list[str]
+    max_targets: int
+    max_passes: int
 
 
 class ExplainResponse(BaseModel):
     model: str
     version: int
     method: str
-    target_layer: str
+    target_layer: str | None
     results: list[Explanation]
 
     model_config = {
@@ -90,6 +120,13 @@ class ExplainResponse(BaseModel):
                             },
                             "target": {"label": "3", "index": 3, "probability": 0.97},
                             "cam": [[0.0, 0.2], [0.7, 1.0]],
+                            "explanations": [
+                                {
+                                    "target": {"label": "3", "index": 3, "probability": 0.97},
+                                    "cam": [[0.0, 0.2], [0.7, 1.0]],
+                                    "score": {"name": "road", "value": 0.12, "higher_is_better": True},
+                                }
+                            ],
                         }
                     ],
                 }
@@ -123,7 +160,7 @@ class ModelVersion(BaseModel):
     input: dict
     preprocessing: dict
     layers: list[LayerInfo]
-    explain: dict | None
+    explain: ExplainInfo
     metrics: dict[str, float]
     provenance: dict
 

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     drain_grace: float = Field(  # below docker compose's stop_grace_period (20 s) and Kubernetes' 30 s
         15.0, ge=0, description="seconds requests in flight get to finish (SIGTERM, unload, swap)"
     )
+    max_explain_targets: int = Field(10, ge=1, description="most classes explained per image in one request")
+    max_explain_passes: int = Field(
+        1024, ge=1, description="most forward passes one explain request may run (gradient-free methods, scores)"
+    )
     api_key: str | None = Field(None, description="when set, every route but health needs it")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

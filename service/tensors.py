@@ -15,14 +15,16 @@ from __future__ import annotations
 import numpy as np
 
 from service.errors import BadRequest
+from service.explain import gradcam_per_image, gradient_methods
 from service.images import Upload
 from service.oip import datatype_of
 from service.repository import LoadedModel
 
+V2_TARGET, V2_CAM = "target", "cam"  # Grad-CAM on infer: one target per image in, one map out
+
 
 def explain_names(model: LoadedModel) -> tuple[str, str] | None:
-    ex = model.manifest.explain
-    return (ex.target_input, ex.cam_output) if ex is not None and model.explain is not None else None
+    return (V2_TARGET, V2_CAM) if "gradcam" in gradient_methods(model) else None
 
 
 def output_specs(model: LoadedModel) -> list[dict]:
@@ -86,10 +88,8 @@ async def run_tensors(model: LoadedModel, image: np.ndarray, target: np.ndarray 
     graph_outputs = [n for n in wanted if n in model.graph.outputs]
     use_explain = names is not None and (names[1] in wanted or target is not None)
     if use_explain:
-        ex = m.explain
-        feeds = {m.input.name: image, ex.target_input: target if target is not None else np.full(len(image), -1)}
-        with model.explain_batcher.announce() as ticket:
-            results |= await model.explain_batcher.submit(feeds, [ex.logits_output, ex.cam_output], ticket)
+        logits, cam = await gradcam_per_image(model, image, target if target is not None else np.full(len(image), -1))
+        results |= {m.logits_output: logits, names[1]: cam}
         graph_outputs = [n for n in graph_outputs if n not in results]
     if graph_outputs:
         with model.batcher.announce() as ticket:

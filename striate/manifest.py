@@ -12,8 +12,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from striate.explain.methods import GRADIENT_METHODS
+
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
+FLOAT64_SLACK = 1.5  # how much farther than pytorch-grad-cam a map may be from float64 (see MethodParity)
 
 
 class _Strict(BaseModel):
@@ -79,17 +82,88 @@ class FeatureLayer(_Strict):
     map_shape: tuple[int, int, int] | None = None  # (C, h, w)
 
 
-class ExplainSpec(_Strict):
-    """Grad-CAM computed in onnxruntime by a graph the exporter wrote."""
+class MethodParity(_Strict):
+    """How closely a gradient method in the explain graph matches pytorch-grad-cam, checked at export.
 
-    method: Literal["gradcam"] = "gradcam"
-    graph: str  # file name inside the bundle, e.g. "explain.onnx"
+    `max_abs_diff`: onnxruntime vs pytorch-grad-cam's class of the same name, on the scaled maps of
+    the export's real images. Where float32 rounding puts that over `tolerance` (an ill-conditioned
+    map: XGrad-CAM divides by a channel's activation sum, which nearly cancels after Hardswish),
+    both are compared with a float64 reference: the method passes when onnxruntime is within
+    `tolerance` of it, or no farther from it than pytorch-grad-cam is, up to `FLOAT64_SLACK` (both
+    are then float32 rounding of the same sum; which one lands nearer is chance).
+    """
+
+    method: str
+    max_abs_diff: float
+    tolerance: float
+    float64_diff: float | None = None
+    package_float64_diff: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        if self.max_abs_diff <= self.tolerance:  # False for NaN
+            return True
+        if self.float64_diff is None or self.package_float64_diff is None:
+            return False
+        return self.float64_diff <= max(self.tolerance, FLOAT64_SLACK * self.package_float64_diff)
+
+
+class ExplainSpec(_Strict):
+    """What a bundle can explain: the target layer, and the gradient methods its explain graph computes.
+
+    The explain graph (`graph`) takes `image` and `targets_input` int64 [N, T] (t >= 0 a class index,
+    -k the k-th most probable class) and returns `logits_output`, `explained_output` int64 [N, T]
+    (the class each map explains) and, per gradient method, `cam_outputs[method]` float32
+    [N, T, h, w], ReLU'd and scaled to [0, 1] per map. Older bundles (`single_target`) take one
+    target per image, `[N]`, and return Grad-CAM only, `[N, h, w]`.
+    Forward methods (Score-CAM, Eigen-CAM) use `map_output`, the target layer's map in model.onnx.
+    """
+
+    graph: str | None = None  # file name inside the bundle, e.g. "explain.onnx"; None: no gradient graph
     target_layer: str
-    target_input: str = "target"  # int64 [N]; a negative value means "the predicted class"
-    cam_output: str = "cam"  # float32 [N, h, w], already ReLU'd and scaled to [0, 1] per image
+    map_output: str | None = None
+    targets_input: str = "targets"
+    explained_output: str | None = "explained"
     logits_output: str = "logits"
+    cam_outputs: dict[str, str] = Field(default_factory=dict)
     resolution: Literal["feature", "input"] = "feature"
-    cam_shape: tuple[int, int]  # (h, w) of the cam output
+    cam_shape: tuple[int, int]  # (h, w) of the maps
+    single_target: bool = False
+    parity: tuple[MethodParity, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data):
+        """Read the first layout ({"method": "gradcam", "target_input", "cam_output", ...}, or a graph
+        without `cam_outputs`): one target per image in `target`, Grad-CAM out in `cam`."""
+        legacy_keys = {"target_input", "cam_output", "method"}
+        first_layout = isinstance(data, dict) and (
+            bool(legacy_keys & set(data)) or (data.get("graph") is not None and "cam_outputs" not in data)
+        )
+        if first_layout:
+            data = dict(data)
+            data.pop("method", None)
+            data["targets_input"] = data.pop("target_input", "target")
+            data["cam_outputs"] = {"gradcam": data.pop("cam_output", "cam")}
+            data["explained_output"] = None
+            data["single_target"] = True
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> ExplainSpec:
+        unknown = sorted(set(self.cam_outputs) - set(GRADIENT_METHODS))
+        if unknown:
+            raise ValueError(f"explain graph outputs for unknown gradient methods {unknown}")
+        if self.cam_outputs and self.graph is None:
+            raise ValueError("cam_outputs need an explain graph")
+        return self
+
+    @property
+    def gradient_methods(self) -> tuple[str, ...]:
+        return tuple(m for m in GRADIENT_METHODS if m in self.cam_outputs) if self.graph else ()
+
+    def method_parity(self, method: str) -> MethodParity | None:
+        return next((p for p in self.parity if p.method == method), None)
 
 
 class Parity(_Strict):
@@ -142,6 +216,9 @@ class Manifest(_Strict):
                 raise ValueError(f"layer {layer.name!r} names missing output {layer.output!r}")
             if layer.map_output is not None and layer.map_output not in names:
                 raise ValueError(f"layer {layer.name!r} names missing map output {layer.map_output!r}")
+        ex = self.explain
+        if ex is not None and ex.map_output is not None and ex.map_output not in names:
+            raise ValueError(f"explain names missing map output {ex.map_output!r}")
         if self.embedding_layer not in {layer.name for layer in self.layers}:
             raise ValueError(f"embedding layer {self.embedding_layer!r} is not among the layers")
         if self.input.channels != self.preprocessing.channels:

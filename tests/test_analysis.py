@@ -261,7 +261,7 @@ def test_occlusion_finds_the_region_of_any_onnx_classifier(tmp_path: Path) -> No
     x[:, 2:5, 3:7] += 3.0
     region = np.zeros((12, 12), dtype=bool)
     region[2:5, 3:7] = True
-    imp = gallery.occlusion_sensitivity(logits_fn, x, target=0, patch=2, stride=1)
+    imp = gallery.make_methods(["occlusion"], logits_fn, None, patch=2, stride=1)["occlusion"](x, 0)
     assert imp.shape == (12, 12)
     assert region[np.unravel_index(imp.argmax(), imp.shape)]
     assert imp[region].min() > 0
@@ -277,6 +277,14 @@ def test_occlusion_finds_the_region_of_any_onnx_classifier(tmp_path: Path) -> No
         lerf = gallery.deletion_drops(logits_fn, x, 0, region.astype(float), fractions, fill=fill, least_first=True)
         rand = gallery.deletion_drops(logits_fn, x, 0, None, fractions, repeats=5, fill=fill)
         assert np.all(morf > rand + 0.05) and np.all(np.abs(lerf) < 1e-6)
+    # the per-map scores tell the region's map from its opposite
+    opposite = (~region).astype(np.float32)
+    for score, right_is_higher in (("road", True), ("deletion", False), ("insertion", True)):
+        right = gallery.map_score(logits_fn, x, region.astype(np.float32), 0, score)
+        wrong = gallery.map_score(logits_fn, x, opposite, 0, score)
+        assert (right > wrong + 0.01) if right_is_higher else (right < wrong - 0.01), (score, right, wrong)
+    rise = gallery.make_methods(["rise"], logits_fn, None)["rise"](x, 0)
+    assert rise[region].mean() > rise[~near].mean()
 
 
 def test_road_imputation_fills_from_neighbours() -> None:
@@ -314,7 +322,7 @@ def test_checkpoint_and_bundle_features_agree(trained, bundle: Path) -> None:
 def test_gallery_on_a_bundle(bundle: Path, tmp_path: Path) -> None:
     fm = open_model(bundle)
     sample = load_sample(fm.labels, fm.preprocessing, "digits", n=120)
-    methods = gallery.make_methods(["gradcam", "occlusion", "scorecam"], fm.logits, fm, patch=2, stride=1)
+    methods = gallery.make_methods(["gradcam", "gradcam++", "occlusion", "scorecam"], fm.logits, fm, patch=2, stride=1)
     result = gallery.build_gallery(
         fm.logits, sample.x, sample.y, methods, n_correct=2, n_wrong=1, fractions=(0.1, 0.3), random_repeats=2
     )
@@ -326,32 +334,39 @@ def test_gallery_on_a_bundle(bundle: Path, tmp_path: Path) -> None:
         for heat in item.maps.values():
             assert heat.shape == (SIZE, SIZE) and np.isfinite(heat).all()
         assert item.maps["gradcam"].min() >= 0.0 and item.maps["gradcam"].max() <= 1.0
+        assert set(item.scores) == {"gradcam", "gradcampp", "occlusion", "scorecam"}
+        assert all(-1.0 <= v <= 1.0 for v in item.scores.values())
     summary = result.summary()
-    assert set(summary) == {"gradcam", "occlusion", "scorecam", "random"}
-    assert summary["random"]["faithfulness"] == 0.0
+    assert set(summary) == {"gradcam", "gradcampp", "occlusion", "scorecam", "random"}
+    # On a trained model the maps beat random pixels: removing what they point at first drops the
+    # predicted class more than removing as many random pixels.
+    assert max(summary[m]["excess_over_random"] for m in methods) > 0.02
+    assert np.mean([summary[m]["road"] for m in methods]) > 0
     gallery.plot_gallery(result, sample.x, fm.labels, tmp_path / "gallery.png")
     gallery.plot_faithfulness(result, tmp_path / "faithfulness.png")
     gallery.write_results(result, fm.labels, tmp_path)
-    assert png_size(tmp_path / "gallery.png") == (880, 700)  # (1 + 3 methods) x 3 rows of 2.2 in
+    assert png_size(tmp_path / "gallery.png") == (1100, 700)  # (1 + 4 methods) x 3 rows of 2.2 in
     assert png_size(tmp_path / "faithfulness.png") == (700, 450)
     rows = (tmp_path / "faithfulness.csv").read_text().splitlines()
-    assert len(rows) == 1 + 3 * (4 + 3) * 2  # images x (methods+random, methods) x fractions
+    assert len(rows) == 1 + 3 * (5 + 4) * 2  # images x (methods+random, methods) x fractions
 
 
-def test_torch_gradcam_matches_the_bundle_explain_graph(trained, bundle: Path) -> None:
+def test_torch_and_onnx_gradient_methods_agree_in_the_gallery(trained, bundle: Path) -> None:
+    """The gallery's two faces of each gradient method: autograd on the checkpoint, the explain
+    graph of its bundle, on the same images and classes (maps at input size)."""
     _, ckpt_path = trained
-    fm = open_model(bundle)
+    fm, ckpt = open_model(bundle), open_model(ckpt_path)
     x = load_sample(LABELS, SPEC, "digits", n=20).x[:4]
     target = fm.logits(x).argmax(1)
-    onnx_cam = gallery.onnx_gradcam(fm.explain_path)(x, target)
-    torch_cam = gallery.torch_gradcam(open_model(ckpt_path).model)(x, target)
-    assert onnx_cam.shape == torch_cam.shape == (4, SIZE, SIZE)
-    compared = 0
-    for a, b in zip(onnx_cam, torch_cam, strict=True):
-        if a.std() > 1e-6 and b.std() > 1e-6:  # a flat CAM (all zero after ReLU) has no correlation
-            assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95
-            compared += 1
-    assert compared >= 2
+    names = ["gradcam", "gradcampp", "xgradcam", "hirescam", "layercam"]
+    from_graph = gallery.make_methods(names, fm.logits, fm)
+    from_torch = gallery.make_methods(names, ckpt.logits, ckpt)
+    for name in names:
+        a = np.stack([from_graph[name](xi, int(t)) for xi, t in zip(x, target, strict=True)])
+        b = np.stack([from_torch[name](xi, int(t)) for xi, t in zip(x, target, strict=True)])
+        assert a.shape == b.shape == (4, SIZE, SIZE)
+        assert (a.max(axis=(1, 2)) > 0.5).any(), f"{name}: every map is flat"
+        np.testing.assert_allclose(a, b, atol=1e-3)
 
 
 def test_activation_grid_size(tmp_path: Path) -> None:
@@ -444,6 +459,15 @@ def test_cli_analyses_on_checkpoint_and_bundle(trained, bundle: Path, tmp_path: 
         == 0
     )
     assert png_size(tmp_path / "gal" / "gallery.png") == (660, 480)
+    capsys.readouterr()
+    argv = ["analyze", "gallery", str(bundle), "--methods", "gradcam++,layercam,rise", "--score", "deletion"]
+    argv += ["--correct", "1", "--wrong", "0", "--samples", "30", "--out", str(tmp_path / "gal2")]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "deletion" in printed and all(m in printed for m in ("gradcampp", "layercam", "rise"))
+    summary = json.loads((tmp_path / "gal2" / "faithfulness.json").read_text())["methods"]
+    assert all(0.0 <= summary[m]["deletion"] <= 1.0 for m in ("gradcampp", "layercam", "rise"))
+    assert png_size(tmp_path / "gal2" / "gallery.png") == (880, 260)  # (1 + 3 methods) x 1 row
 
 
 def test_cli_gallery_on_a_bare_onnx_model(tmp_path: Path, capsys) -> None:

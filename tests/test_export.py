@@ -81,8 +81,9 @@ def test_bundle_layout_and_manifest(bundle: Path, checkpoint: Path) -> None:
     assert manifest.explain is not None and manifest.explain.target_layer == "layer4"
     assert manifest.explain.cam_shape == manifest.layer("layer4").map_shape[1:]
     explain = session(bundle / manifest.explain.graph)
-    assert [i.name for i in explain.get_inputs()] == ["image", "target"]
-    assert [o.name for o in explain.get_outputs()] == ["logits", "cam"]
+    assert [i.name for i in explain.get_inputs()] == ["image", "targets"]
+    cams = [f"cam_{m}" for m in ("gradcam", "gradcampp", "xgradcam", "hirescam", "layercam")]
+    assert [o.name for o in explain.get_outputs()] == ["logits", "explained", *cams]
 
 
 @pytest.mark.parametrize("n", [1, 7, 64])
@@ -97,8 +98,10 @@ def test_dynamic_batch_outputs_agree_with_manifest_and_torch(bundle: Path, check
         assert value.shape == (n, *spec.shape[1:]), spec.name
     with torch.no_grad():
         np.testing.assert_allclose(outputs[0], model(torch.from_numpy(images)).numpy(), atol=1e-4, rtol=0)
-    logits, cam = session(bundle / "explain.onnx").run(None, {"image": images, "target": np.full(n, -1, np.int64)})
-    assert cam.shape == (n, *manifest.explain.cam_shape)
+    logits, _, cam = session(bundle / "explain.onnx").run(
+        ["logits", "explained", "cam_gradcam"], {"image": images, "targets": np.full((n, 1), -1, np.int64)}
+    )
+    assert cam.shape == (n, 1, *manifest.explain.cam_shape)
     np.testing.assert_allclose(logits, outputs[0], atol=1e-5, rtol=0)
     # An image's result does not depend on the batch it came in.
     single = session(bundle / "model.onnx").run(["logits"], {"image": images[-1:]})[0]
@@ -184,8 +187,10 @@ def test_int8_accuracy_is_measured_by_running_the_int8_graph(tmp_path: Path) -> 
     assert np.abs(int8_logits - float_logits).mean() > 1e-3
     # Grad-CAM stays float32 and still runs.
     batch = real_batch(manifest.preprocessing, 3)
-    _, cam = session(path / "explain.onnx").run(None, {"image": batch, "target": np.array([-1, 2, 5])})
-    assert cam.shape == (3, *manifest.explain.cam_shape)
+    (cam,) = session(path / "explain.onnx").run(
+        ["cam_gradcam"], {"image": batch, "targets": np.array([[-1], [2], [5]])}
+    )
+    assert cam.shape == (3, 1, *manifest.explain.cam_shape)
 
 
 def test_int8_scores_belong_to_the_int8_graph(checkpoint: Path, tmp_path: Path) -> None:
@@ -241,13 +246,14 @@ def test_default_bundle_reexports_identically(tmp_path: Path) -> None:
     for doc in (committed, again):
         doc["provenance"].pop("created")
         doc["provenance"].pop("parity")  # float noise differs between machines; the bound is checked below
+        doc["explain"].pop("parity")
         doc["provenance"]["checkpoint"] = Path(doc["provenance"]["checkpoint"]).name
     assert again == committed
     assert Manifest.load(DEFAULT_BUNDLE).provenance.parity.max_abs_diff_logits <= 1e-4
     manifest = Manifest.load(DEFAULT_BUNDLE)
     images = real_batch(manifest.preprocessing, 16)
-    targets = np.arange(16, dtype=np.int64) % 10 - 3  # some "predicted class" (-1..-3), some explicit
-    for graph, feeds in (("model.onnx", {"image": images}), ("explain.onnx", {"image": images, "target": targets})):
+    targets = (np.arange(32, dtype=np.int64) % 10 - 3).reshape(16, 2)  # some "k-th most probable" (-1..-3)
+    for graph, feeds in (("model.onnx", {"image": images}), ("explain.onnx", {"image": images, "targets": targets})):
         for a, b in zip(
             session(DEFAULT_BUNDLE / graph).run(None, feeds), session(fresh / graph).run(None, feeds), strict=True
         ):

@@ -1,8 +1,10 @@
-"""Grad-CAM inside the ONNX graph matches the `grad-cam` package (torch autograd) on the same model.
+"""Every gradient CAM method inside the ONNX graph matches pytorch-grad-cam on the same model.
 
 For every registered zoo architecture, a torchvision backbone and EfficientNet-Lite0: explain.onnx
-runs in onnxruntime on real images, and its cam is compared with `pytorch_grad_cam.GradCAM` on the
-last stage, (a) at feature-map resolution and (b) resized to the input exactly as the package does.
+runs in onnxruntime on real images with several targets per image, and each method's maps are
+compared with pytorch-grad-cam's class of the same name on the last stage, (a) at feature-map
+resolution and (b) for Grad-CAM, resized to the input exactly as the package does. Inputs are sized
+so that every last map is at least 2x2: a 1x1 map scales to all zeros and would prove nothing.
 """
 
 from __future__ import annotations
@@ -11,25 +13,30 @@ import inspect
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import helper, numpy_helper
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from striate.errors import StriateError
-from striate.manifest import Preprocessing
+from striate.explain.methods import GRADIENT_METHODS, METHODS
+from striate.manifest import Manifest, MethodParity, Preprocessing
+from training.explain.cams import WEIGHTS, cam
+from training.explain.head import SUPPORTED_HEAD_LAYERS, HeadVJP
+from training.explain.reference import TorchCAM, float64_cams, package_cams
 from training.export import export_model
-from training.export.gradcam import HeadGradCAM, reference_cam
 from training.export.images import real_batch
 from training.export.onnx_export import EXPLAIN_FILE, export_onnx
-from training.export.parity import session
-from training.export.wrappers import CAM, IMAGE, LOGITS, TARGET, ExplainGraph, feature_shape
+from training.export.parity import TOLERANCE, check_explain_parity, session
+from training.export.wrappers import CAM_OUTPUTS, EXPLAINED, IMAGE, LOGITS, TARGETS, ExplainGraph, feature_shape
 from training.models import ClassifierHead, create_model, list_models, model_entry
 
-TOL = 1e-4
 NUM_CLASSES = 5
+SMALL_SIZES = (32, 36, 40, 48, 64)
 
 
 def rgb_spec(size: int) -> Preprocessing:
@@ -50,6 +57,10 @@ def build(name: str, size: int, small: bool, **extra) -> nn.Module:
         kwargs["base_width"] = 8
     model = create_model(name, **kwargs).eval()
     if model_entry(name).family != "zoo":
+        if "weights" not in extra:  # a library's random init: logits ~1e-9, maps all float noise;
+            with torch.no_grad():  # scale fc so that W @ embedding is ~1 (the maps' shapes do not change)
+                embedding = model.forward_head(model.forward_features(torch.randn(2, 3, size, size)), pre_logits=True)
+                model.head.fc.weight /= float((embedding @ model.head.fc.weight.T).std()) or 1.0
         return model  # backbones keep their library's own init (or pretrained weights)
     # Zoo, random init: give BN trained-like statistics, so the maps are not just scaled copies of the init.
     gen = torch.Generator().manual_seed(1)
@@ -60,86 +71,117 @@ def build(name: str, size: int, small: bool, **extra) -> nn.Module:
     return model
 
 
-def onnx_cams(model: nn.Module, images: np.ndarray, folder: Path, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Export explain.onnx for `model` to `folder` and run it; returns (logits, cam)."""
+def small_size(name: str) -> int:
+    """The smallest test input whose last feature map is at least 2x2."""
+    for size in SMALL_SIZES:
+        if min(feature_shape(build(name, size, small=True), (3, size, size))[1:]) >= 2:
+            return size
+    raise AssertionError(f"{name}: no test size gives a last map of at least 2x2")
+
+
+def onnx_explain(model: nn.Module, images: np.ndarray, folder: Path, targets: np.ndarray) -> dict[str, np.ndarray]:
+    """Export explain.onnx for `model` to `folder` and run it on `images` and `targets` [N, T]."""
     input_shape = tuple(images.shape[1:])
     explain = ExplainGraph(model, feature_shape(model, input_shape))
-    export_onnx(
-        explain, (torch.zeros(2, *input_shape), torch.zeros(2, dtype=torch.long)), explain.io, folder / EXPLAIN_FILE
-    )
-    logits, cam = session(folder / EXPLAIN_FILE).run([LOGITS, CAM], {IMAGE: images, TARGET: targets})
-    return logits, cam
+    example = (torch.zeros(2, *input_shape), torch.zeros(2, 2, dtype=torch.long))
+    export_onnx(explain, example, explain.io, folder / EXPLAIN_FILE)
+    sess = session(folder / EXPLAIN_FILE)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, {IMAGE: images, TARGETS: targets}), strict=True))
 
 
 def package_cam_at_input(model: nn.Module, x: torch.Tensor, targets: list[int]) -> np.ndarray:
     """The stock GradCAM, untouched: cam resized to the input size by the package."""
     layer = list(model.stages.values())[-1]
-    cam = GradCAM(model, [layer])
+    explainer = GradCAM(model, [layer])
     try:
-        return cam(x, [ClassifierOutputTarget(t) for t in targets])
+        return explainer(x, [ClassifierOutputTarget(t) for t in targets])
     finally:
-        cam.activations_and_grads.release()
+        explainer.activations_and_grads.release()
 
 
-def resize_like_package(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """What BaseCAM does after the channel sum: scale, cv2.resize to (W, H), scale again."""
-    return scale_cam_image(scale_cam_image(cam, (size[1], size[0])))
+def assert_not_flat(maps: np.ndarray, what: str) -> None:
+    assert maps.shape[-1] * maps.shape[-2] > 1, f"{what}: a 1x1 map is flat by construction"
+    assert (maps.max(axis=(-2, -1)) > 0.5).any(), f"{what}: every map is flat, the comparison would prove nothing"
 
 
-def assert_cam_matches(model: nn.Module, size: int, tmp_path: Path, n: int = 5, predicted: bool = True) -> None:
-    """One batch mixing "predicted class" (-1) and explicit targets, compared three ways.
+def assert_methods_match(model: nn.Module, size: int, tmp_path: Path, n: int = 4, predicted: bool = True) -> None:
+    """One batch, three targets per image (the predicted class or an explicit one, the runner-up,
+    an explicit class), every gradient method compared with pytorch-grad-cam.
 
     predicted=False uses explicit targets only: with a library's random init, logits are ~1e-9 and
-    the argmax is float noise, so "the predicted class" is not a well-defined target.
+    the ranking is float noise, so "the predicted class" is not a well-defined target.
     """
     images = real_batch(rgb_spec(size), n)
     x = torch.from_numpy(images)
-    targets = np.array([-1, 0, 3, -1, 1, 4, 2][:n] if predicted else [0, 3, 1, 4, 2][:n], dtype=np.int64)
-    logits, cam = onnx_cams(model, images, tmp_path, targets)
+    first = [-1, 0, 3, -1, 1][:n] if predicted else [0, 3, 1, 4, 2][:n]
+    second = [-2] * n if predicted else [1, 1, 2, 0, 3][:n]
+    targets = np.array([first, second, [4, 2, 0, 1, 3][:n]], dtype=np.int64).T
+    out = onnx_explain(model, images, tmp_path, targets)
     with torch.no_grad():
         expected_logits = model(x).numpy()
     # 1e-4, relative once logits exceed 1 (random-init nets at 224 px reach several hundred).
-    assert np.max(np.abs(logits - expected_logits)) <= TOL * max(1.0, np.abs(expected_logits).max())
-    chosen = np.where(targets < 0, expected_logits.argmax(1), targets).tolist()
-    ref = reference_cam(model, x, chosen)
+    assert np.max(np.abs(out[LOGITS] - expected_logits)) <= TOLERANCE * max(1.0, np.abs(expected_logits).max())
+    chosen = out[EXPLAINED]
+    order = np.argsort(-expected_logits, axis=1)
+    assert np.array_equal(chosen[:, 2], targets[:, 2])
+    if predicted:
+        assert np.array_equal(chosen[targets[:, 0] == -1, 0], order[targets[:, 0] == -1, 0])
+        assert np.array_equal(chosen[:, 1], order[:, 1])
     h, w = feature_shape(model, (3, size, size))[1:]
-    assert cam.shape == ref.shape == (n, h, w)
-    assert np.max(np.abs(cam - ref)) <= TOL
-    full = package_cam_at_input(model, x, chosen)
-    assert np.max(np.abs(resize_like_package(cam, (size, size)) - full)) <= TOL
-    assert cam.min() >= 0 and cam.max() <= 1
-    if h * w > 1:  # a 1x1 map scales to all zeros, in the package as here
-        assert (cam.max(axis=(1, 2)) > 0.5).any(), "every cam is flat: the comparison would prove nothing"
+    reference64 = None
+    for method, output in CAM_OUTPUTS.items():
+        maps = out[output]
+        assert maps.shape == (n, 3, h, w)
+        assert maps.min() >= 0 and maps.max() <= 1
+        assert_not_flat(maps, f"{method} (onnxruntime)")
+        package = package_cams(model, x, method, chosen)
+        diff = np.max(np.abs(maps - package))
+        parity = MethodParity(method=method, max_abs_diff=diff, tolerance=TOLERANCE)
+        if diff > TOLERANCE:  # float32 rounding: no farther from float64 than pytorch-grad-cam is
+            reference64 = reference64 or float64_cams(model, images, chosen, list(CAM_OUTPUTS))
+            ours, theirs = (float(np.max(np.abs(m - reference64[method]))) for m in (maps, package))
+            parity = parity.model_copy(update={"float64_diff": ours, "package_float64_diff": theirs})
+        assert parity.passed, parity
+    full = package_cam_at_input(model, x, chosen[:, 0].tolist())
+    resized = scale_cam_image(scale_cam_image(out[CAM_OUTPUTS["gradcam"]][:, 0], (size, size)))
+    assert np.max(np.abs(resized - full)) <= TOLERANCE
+
+
+def test_every_gradient_method_is_registered_on_both_sides() -> None:
+    assert set(WEIGHTS) == set(GRADIENT_METHODS) == set(CAM_OUTPUTS)
+    assert all(METHODS[m].package_class for m in GRADIENT_METHODS)
 
 
 @pytest.mark.parametrize("name", list_models(family="zoo"))
-def test_cam_matches_grad_cam_package_zoo(name: str, tmp_path: Path) -> None:
-    assert_cam_matches(build(name, 32, small=True), 32, tmp_path)
+def test_methods_match_grad_cam_package_zoo(name: str, tmp_path: Path) -> None:
+    size = small_size(name)
+    assert_methods_match(build(name, size, small=True), size, tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list_models(family="zoo"))
-def test_cam_matches_grad_cam_package_zoo_full_size(name: str, tmp_path: Path) -> None:
-    assert_cam_matches(build(name, 224, small=False), 224, tmp_path, n=4)
+def test_methods_match_grad_cam_package_zoo_full_size(name: str, tmp_path: Path) -> None:
+    assert_methods_match(build(name, 224, small=False), 224, tmp_path, n=2)
 
 
-def test_cam_matches_torchvision_backbone(tmp_path: Path) -> None:
-    assert_cam_matches(build("tv_resnet18", 64, small=False), 64, tmp_path)
+def test_methods_match_torchvision_backbone(tmp_path: Path) -> None:
+    assert_methods_match(build("tv_resnet18", 64, small=False), 64, tmp_path, predicted=False)
 
 
-def test_cam_matches_efficientnet_lite0_imagenet_weights(tmp_path: Path) -> None:
+def test_methods_match_efficientnet_lite0_imagenet_weights(tmp_path: Path) -> None:
     """The real network: ImageNet weights and its own 1000-class head."""
     model = build("efficientnet_lite0", 96, small=False, weights="imagenet", num_classes=1000)
-    assert_cam_matches(model, 96, tmp_path)
+    assert_methods_match(model, 96, tmp_path, n=3)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["tv_resnet18", "tv_resnet50", "tv_vgg16", "efficientnet_lite0"])
-def test_cam_matches_backbones_224(name: str, tmp_path: Path) -> None:
-    """Full size. Not the other torchvision nets with random init: their init makes logits ~1e-9,
-    so their Grad-CAM is float noise in torch and onnxruntime alike (nothing to compare)."""
+@pytest.mark.parametrize("name", list_models(family="backbone"))
+def test_methods_match_backbones_224(name: str, tmp_path: Path) -> None:
+    """Full size, every registered backbone (explicit targets: a library's random init makes the
+    ranking of its ~1e-9 logits float noise)."""
     extra = {"weights": "imagenet", "num_classes": 1000} if name == "efficientnet_lite0" else {}
-    assert_cam_matches(build(name, 224, small=False, **extra), 224, tmp_path, n=2, predicted=bool(extra))
+    assert_methods_match(build(name, 224, small=False, **extra), 224, tmp_path, n=2, predicted=bool(extra))
 
 
 @pytest.mark.parametrize(
@@ -152,21 +194,76 @@ def test_cam_matches_backbones_224(name: str, tmp_path: Path) -> None:
     ids=["max-pool-3x3-overlapping-bins", "avg-pool-3x2-hardswish", "relu-before-max-pool"],
 )
 def test_head_vjp_matches_autograd(pre_logits: nn.Sequential) -> None:
-    """Each supported head op's hand-written backward equals torch autograd on a 5x5 map."""
+    """Each supported head op's hand-written backward equals torch autograd on a 5x5 map, for two
+    targets per image (explicit, the predicted class, the runner-up)."""
     torch.manual_seed(0)
     fc = nn.Linear(pre_logits(torch.zeros(1, 8, 5, 5)).shape[1], 4)
     head = ClassifierHead(pre_logits, fc).eval()
     features = torch.randn(7, 8, 5, 5, requires_grad=True)
-    target = torch.tensor([0, 1, 2, 3, -1, -1, 2])
+    targets = torch.tensor([[0, -2], [1, 3], [2, -1], [3, 0], [-1, -2], [-1, 1], [2, 2]])
     with torch.no_grad():
-        logits, cam = HeadGradCAM(head, (8, 5, 5))(features.detach(), target)
+        logits, chosen, grads = HeadVJP(head, (8, 5, 5))(features.detach(), targets)
     ref_logits = head(features)
-    chosen = torch.where(target < 0, ref_logits.argmax(1), target)
-    (grad,) = torch.autograd.grad(ref_logits.gather(1, chosen[:, None]).sum(), features)
-    ref = torch.relu((grad.mean((2, 3), keepdim=True) * features).sum(1)).detach().numpy()
-
+    order = ref_logits.argsort(1, descending=True)
     torch.testing.assert_close(logits, ref_logits.detach(), atol=1e-6, rtol=0)
-    np.testing.assert_allclose(cam.numpy(), scale_cam_image(scale_cam_image(ref)), atol=1e-5, rtol=0)
+    for t in range(2):
+        want = torch.where(
+            targets[:, t] < 0, order.gather(1, (-targets[:, t] - 1).clamp(min=0)[:, None])[:, 0], targets[:, t]
+        )
+        assert torch.equal(chosen[:, t], want)
+        (grad,) = torch.autograd.grad(ref_logits.gather(1, want[:, None]).sum(), features, retain_graph=True)
+        torch.testing.assert_close(grads[:, t], grad, atol=1e-6, rtol=0)
+
+
+def test_torch_reference_equals_package_and_graph_ops(tmp_path: Path) -> None:
+    """Our autograd base (analysis' torch reference) gives pytorch-grad-cam's maps for every method."""
+    model = build("resnet18", 32, small=True)
+    images = torch.from_numpy(real_batch(rgb_spec(32), 3))
+    targets = np.array([[0, 4], [1, 2], [3, 3]])
+    with TorchCAM(model) as ref:
+        ours = ref(images, targets, list(GRADIENT_METHODS))
+    for method in GRADIENT_METHODS:
+        assert_not_flat(ours[method], method)
+        np.testing.assert_allclose(ours[method], package_cams(model, images, method, targets), atol=TOLERANCE)
+    a, g = torch.rand(2, 1, 3, 4, 4), torch.randn(2, 2, 3, 4, 4)
+    with pytest.raises(StriateError, match="gradient methods"):
+        cam("nope", a, g)
+
+
+def _add_to_output(path: Path, output: str, delta: float) -> None:
+    """Edit an exported graph so that `output` comes out `delta` larger (a real, slightly wrong graph)."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    for node in graph.node:
+        node.output[:] = [f"{o}_exact" if o == output else o for o in node.output]
+    graph.initializer.append(numpy_helper.from_array(np.array(delta, np.float32), "injected_error"))
+    graph.node.append(helper.make_node("Add", [f"{output}_exact", "injected_error"], [output]))
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+def test_export_refuses_a_method_just_over_its_recorded_tolerance(method: str, tmp_path: Path) -> None:
+    """An error of 1.5x the tolerance on one method's maps fails the parity check; the figures an
+    export writes are the ones checked, against the one tolerance it writes beside them."""
+    model = build("resnet18", 32, small=True)
+    bundle = export_model(model, list("abcde"), rgb_spec(32), "ok", out_root=tmp_path)
+    manifest = Manifest.load(bundle)
+    recorded = {p.method: p for p in manifest.explain.parity}
+    assert set(recorded) == set(GRADIENT_METHODS)
+    assert all(p.tolerance == TOLERANCE and p.passed for p in recorded.values())
+    assert manifest.provenance.parity.max_abs_diff_cam == recorded["gradcam"].max_abs_diff
+    images = real_batch(rgb_spec(32), 8)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(images)).numpy()
+    _add_to_output(bundle / EXPLAIN_FILE, CAM_OUTPUTS[method], 1.5 * TOLERANCE)
+    results = check_explain_parity(bundle / EXPLAIN_FILE, model, images, logits, TOLERANCE)
+    assert not results[method].passed
+    assert 1.4 * TOLERANCE < results[method].max_abs_diff < 1.6 * TOLERANCE
+    assert all(r.passed for m, r in results.items() if m != method)
+
+
+def test_supported_head_layers_are_stated_once() -> None:
+    assert nn.Hardswish in SUPPORTED_HEAD_LAYERS and nn.Linear in SUPPORTED_HEAD_LAYERS
 
 
 def test_unsupported_head_is_refused_with_the_module_named(tmp_path: Path) -> None:

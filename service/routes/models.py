@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.deps import ApiKey, ModelDep, RepositoryDep
+from service.explain import explain_info
 from service.repository import LoadedModel, Repository
 from service.routes.common import error_responses, model_route
 from service.schemas import BrokenModel, LayerInfo, ModelDetail, ModelList, ModelSummary, ModelVersion
@@ -27,7 +28,7 @@ def describe(model: LoadedModel, repository: Repository) -> ModelVersion:
             LayerInfo(name=item.name, dim=item.dim, map_shape=list(item.map_shape) if item.map_shape else None)
             for item in m.layers
         ],
-        explain=m.explain.model_dump() if m.explain else None,
+        explain=explain_info(model, repository.settings),
         metrics=m.metrics,
         provenance=m.provenance.model_dump(),
     )

@@ -20,7 +20,13 @@ health = APIRouter(prefix="/v2", tags=TAGS)
 models = APIRouter(prefix="/v2", tags=TAGS, dependencies=[ApiKey], responses=error_responses(401, v2=True))
 
 # Triton's names for what this server speaks beyond the core protocol.
-EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "classification",
+    "model_configuration",
+    "model_repository",
+    "explain",
+]  # explain: routes/v2_explain.py
 
 NOT_FOUND = error_responses(404, v2=True)
 

@@ -1,17 +1,16 @@
-"""Explanation gallery: Grad-CAM next to gradient-free maps, and how faithful each one is.
+"""Explanation gallery: every method on the same images, each map's faithfulness in its title.
 
-- Grad-CAM: the bundle's `explain.onnx` (onnxruntime) or pytorch-grad-cam on a checkpoint.
-- Occlusion sensitivity (gradient-free, any ONNX classifier): slide a patch filled with the image
-  mean over the input; a pixel's importance is the mean drop of the class score over the patches
-  that cover it.
-- Score-CAM (gradient-free; needs the target layer's feature maps, which bundles export): each
-  channel, upsampled and scaled to [0, 1], masks the input; its weight is the class probability
-  of the masked input (softmax over channels, as in the paper's implementation).
-- Faithfulness (ROAD, Rong et al. 2022): remove the top-k% most important pixels (noisy linear
-  imputation from their neighbours, or the image mean) and measure the drop in the predicted
-  class's probability ("MoRF"); removing the least important first ("LeRF") and random pixels are
-  the references. A faithful map drops the confidence more than random does under MoRF and less
-  under LeRF; `faithfulness = MoRF - LeRF` sums that up in one number.
+Methods come from the one registry (striate.explain.methods) and the one implementation of each:
+- gradient methods (Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM): the bundle's explain graph
+  in onnxruntime, or `TorchCAM` (training.explain, autograd) on a checkpoint;
+- gradient-free methods (Score-CAM, Eigen-CAM, occlusion, RISE): striate.explain.forward, whose
+  forward passes run here in a loop and in the service through its batcher.
+Each map is scored with striate.explain.scores (ROAD by default). The gallery also draws the
+curves behind ROAD (Rong et al. 2022): remove the top-k% most important pixels (noisy linear
+imputation from their neighbours, or the image mean) and measure the drop in the predicted class's
+probability ("MoRF"); removing the least important first ("LeRF") and random pixels are the
+references. A faithful map drops the confidence more than random does under MoRF and less under
+LeRF; `faithfulness = MoRF - LeRF` sums that up in one number.
 """
 
 from __future__ import annotations
@@ -23,137 +22,110 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from striate.explain import forward
+from striate.explain.methods import METHODS, canonical
+from striate.explain.passes import resize_map, run_passes, scale_map
+from striate.explain.scores import SCORES, impute, score_passes
 
 from .extract import softmax
 from .plots import image_for_display, new_figure, save_figure
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]  # [N, C, H, W] float32 -> [N, K] logits
-ExplainFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x [N,C,H,W], target [N]) -> [N, H, W]
+ExplainFn = Callable[[np.ndarray, int], np.ndarray]  # (x [C, H, W], target) -> [H, W] in [0, 1]
 
 DEFAULT_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
+DEFAULT_SCORE = "road"
 
 
-def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """[h, w] -> [H, W] bilinear (Pillow, float), as overlays and deletion need input resolution."""
-    h, w = size
-    if cam.shape == (h, w):
-        return cam.astype(np.float32)
-    img = Image.fromarray(np.asarray(cam, dtype=np.float32), mode="F")
-    return np.asarray(img.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+def at_input(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A [h, w] map resized (bilinear) to the input's [H, W] and scaled to [0, 1]."""
+    return scale_map(np.clip(resize_map(cam, size), 0.0, None))
 
 
-def _minmax(a: np.ndarray) -> np.ndarray:
-    lo, hi = float(a.min()), float(a.max())
-    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a, dtype=np.float32)
+def gradient_explainer(method: str, feature_model) -> ExplainFn:
+    """`method` from the bundle's explain graph (onnxruntime) or from autograd on a checkpoint."""
+    from .extract import OnnxFeatureModel, TorchFeatureModel
+
+    if isinstance(feature_model, OnnxFeatureModel) and feature_model.explain_path is not None:
+        import onnxruntime as ort
+
+        ex = feature_model.manifest.explain
+        if method not in ex.cam_outputs:
+            raise ValueError(f"{METHODS[method].title} is not in this bundle's explain graph (re-export it)")
+        session = ort.InferenceSession(str(feature_model.explain_path), providers=["CPUExecutionProvider"])
+        image = feature_model.manifest.input.name
+
+        def from_graph(x: np.ndarray, target: int) -> np.ndarray:
+            t = np.array([target] if ex.single_target else [[target]], dtype=np.int64)
+            (cam,) = session.run([ex.cam_outputs[method]], {image: x[None].astype(np.float32), ex.targets_input: t})
+            return at_input(cam.reshape(cam.shape[-2:]), x.shape[1:])
+
+        return from_graph
+    if isinstance(feature_model, TorchFeatureModel):
+        import torch
+
+        from training.explain.reference import TorchCAM
+
+        model = feature_model.model
+
+        def from_autograd(x: np.ndarray, target: int) -> np.ndarray:
+            with TorchCAM(model) as ref:
+                cams = ref(torch.from_numpy(x[None].astype(np.float32)), np.array([[target]]), [method])
+            return at_input(cams[method][0, 0], x.shape[1:])
+
+        return from_autograd
+    raise ValueError(f"{METHODS[method].title} needs a checkpoint or a bundle with an explain graph")
 
 
-def _fill_value(x: np.ndarray) -> np.ndarray:
-    """Per-channel mean of one [C, H, W] image, broadcastable to it."""
-    return x.mean(axis=(1, 2), keepdims=True)
+def forward_explainer(method: str, logits_fn: LogitsFn, feature_model, patch: int | None, stride: int | None):
+    """A gradient-free `method`, its forward passes run through `logits_fn`."""
+    layer = feature_model.map_layers[-1] if feature_model is not None and feature_model.map_layers else None
+    if METHODS[method].needs_map and layer is None:
+        raise ValueError(f"{METHODS[method].title} needs a model that exposes its last feature map")
+
+    def explain(x: np.ndarray, target: int) -> np.ndarray:
+        t = np.array([target])
+        if method == "occlusion":
+            return run_passes(forward.occlusion(x, t, patch, stride), logits_fn)[0]
+        if method == "rise":
+            return run_passes(forward.rise(x, t), logits_fn)[0]
+        maps = feature_model.feature_maps(x[None], layer)[0]
+        if method == "eigencam":
+            return at_input(forward.eigen_cam(maps, 1)[0], x.shape[1:])
+        return at_input(run_passes(forward.score_cam(x, maps, t), logits_fn)[0], x.shape[1:])
+
+    return explain
 
 
-def _windows(size: int, patch: int, stride: int) -> list[int]:
-    starts = list(range(0, max(size - patch, 0) + 1, stride))
-    if starts[-1] + patch < size:  # cover the last rows/columns too
-        starts.append(size - patch)
-    return starts
-
-
-def occlusion_sensitivity(
+def make_methods(
+    names: list[str],
     logits_fn: LogitsFn,
-    x: np.ndarray,
-    target: int,
-    patch: int = 4,
-    stride: int = 2,
-    score: str = "logit",
-    batch: int = 256,
-) -> np.ndarray:
-    """[H, W] importance of each pixel of `x` [C, H, W] for class `target`.
+    feature_model=None,
+    patch: int | None = None,
+    stride: int | None = None,
+) -> dict[str, ExplainFn]:
+    """Per-image explainers `fn(x [C, H, W], target) -> [H, W]` for the requested method names.
 
-    Gradient-free: only forward passes, so it explains any ONNX classifier. A pixel's value is the
-    mean, over the patches covering it, of score(original) - score(patch filled with the mean);
-    positive = the pixel supports the class. `score` is "logit" (does not saturate) or "prob".
+    `feature_model` (an `extract.FeatureModel`) is needed by the gradient methods (its explain graph
+    or torch model) and by Score-CAM / Eigen-CAM (its last stage's maps); occlusion and RISE need only
+    `logits_fn`. A method the model cannot support raises ValueError naming why.
     """
-    h, w = x.shape[1:]
-    patch_h, patch_w = min(patch, h), min(patch, w)
-    fill = _fill_value(x)
-    boxes = [(t, left) for t in _windows(h, patch_h, stride) for left in _windows(w, patch_w, stride)]
-
-    def class_score(batch_x: np.ndarray) -> np.ndarray:
-        logits = logits_fn(batch_x)
-        return (softmax(logits) if score == "prob" else logits)[:, target]
-
-    base = float(class_score(x[None])[0])
-    total = np.zeros((h, w), dtype=np.float64)
-    count = np.zeros((h, w), dtype=np.float64)
-    for i in range(0, len(boxes), batch):
-        chunk = boxes[i : i + batch]
-        occluded = np.repeat(x[None], len(chunk), axis=0)
-        for j, (t, left) in enumerate(chunk):
-            occluded[j, :, t : t + patch_h, left : left + patch_w] = fill
-        drops = base - class_score(occluded)
-        for (t, left), d in zip(chunk, drops, strict=True):
-            total[t : t + patch_h, left : left + patch_w] += d
-            count[t : t + patch_h, left : left + patch_w] += 1
-    return (total / np.maximum(count, 1)).astype(np.float32)
+    out: dict[str, ExplainFn] = {}
+    for given in names:
+        name = canonical(given)
+        if name is None:
+            raise ValueError(f"unknown explanation method {given!r}: choose from {', '.join(METHODS)}")
+        if METHODS[name].kind == "gradient":
+            out[name] = gradient_explainer(name, feature_model)
+        else:
+            out[name] = forward_explainer(name, logits_fn, feature_model, patch, stride)
+    return out
 
 
-def score_cam(
-    logits_fn: LogitsFn, maps_fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, target: int, batch: int = 256
-) -> np.ndarray:
-    """[H, W] Score-CAM map in [0, 1] of `x` [C, H, W] for `target`, from the layer's maps [1, K, h, w]."""
-    acts = maps_fn(x[None])[0]  # [K, h, w]
-    h, w = x.shape[1:]
-    masks = np.stack([_minmax(upsample(a, (h, w))) for a in acts])  # [K, H, W]
-    fill = _fill_value(x)
-    scores = []
-    for i in range(0, len(masks), batch):
-        m = masks[i : i + batch, None]
-        scores.append(softmax(logits_fn((x[None] * m + fill * (1 - m)).astype(np.float32)))[:, target])
-    weights = softmax(np.concatenate(scores)[None])[0]  # normalised channel weights
-    cam = np.maximum((weights[:, None, None] * acts).sum(axis=0), 0.0)
-    return _minmax(upsample(cam, (h, w)))
-
-
-def onnx_gradcam(
-    explain_path: str | Path, input_name: str = "image", target_name: str = "target", cam_name: str = "cam"
-) -> ExplainFn:
-    """Grad-CAM from a bundle's explain graph (onnxruntime), upsampled to the input size."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(explain_path), providers=["CPUExecutionProvider"])
-
-    def explain(x: np.ndarray, target: np.ndarray) -> np.ndarray:
-        cams = session.run(
-            [cam_name],
-            {input_name: np.ascontiguousarray(x, dtype=np.float32), target_name: np.asarray(target, dtype=np.int64)},
-        )[0]
-        return np.stack([upsample(c, x.shape[2:]) for c in cams])
-
-    return explain
-
-
-def torch_gradcam(model) -> ExplainFn:
-    """Grad-CAM by autograd (pytorch-grad-cam) on the last stage of a `StriateModel`."""
-    import torch
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    layer = model.stages[model.stage_names[-1]]
-
-    def explain(x: np.ndarray, target: np.ndarray) -> np.ndarray:
-        cam = GradCAM(model=model, target_layers=[layer])
-        try:
-            out = cam(
-                torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-                targets=[ClassifierOutputTarget(int(t)) for t in target],
-            )
-        finally:
-            cam.activations_and_grads.release()
-        return np.asarray(out, dtype=np.float32)
-
-    return explain
+def map_score(logits_fn: LogitsFn, x: np.ndarray, cam: np.ndarray, target: int, score: str, seed: int = 0) -> float:
+    """Faithfulness `score` (striate.explain.scores) of map `cam` [H, W] for class `target` of `x`."""
+    return float(run_passes(score_passes(score, x, scale_map(cam), target, seed=seed), logits_fn))
 
 
 def _ranked_mask(importance: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -172,22 +144,16 @@ def remove_pixels(
     """`x` [C, H, W] with the `mask` [H, W] pixels removed.
 
     fill="road": noisy linear imputation from the neighbouring kept pixels (ROAD, Rong et al. 2022,
-    via pytorch-grad-cam's imputer), so the shape of the removed region leaks less into the score;
+    striate.explain.scores.impute), so the shape of the removed region leaks less into the score;
     fill="mean": the image's per-channel mean.
     """
     if fill == "mean":
-        return np.where(mask[None], _fill_value(x), x).astype(np.float32)
+        return np.where(mask[None], x.mean(axis=(1, 2), keepdims=True), x).astype(np.float32)
     if fill != "road":
         raise ValueError(f"unknown fill {fill!r}: road or mean")
     if not mask.any():
         return x.astype(np.float32)
-    import torch
-    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
-
-    keep = torch.from_numpy((~mask).astype(np.float32))
-    out = NoisyLinearImputer(noise=0.0)(torch.from_numpy(x.astype(np.float32)), keep).numpy()
-    out[:, mask] += noise * rng.standard_normal((x.shape[0], int(mask.sum()))).astype(np.float32)
-    return out.astype(np.float32)
+    return impute(x, (~mask).astype(np.float32), noise, rng)
 
 
 def deletion_drops(
@@ -228,6 +194,7 @@ class GalleryItem:
     pred: int
     confidence: float
     maps: dict[str, np.ndarray] = field(default_factory=dict)  # method -> [H, W]
+    scores: dict[str, float] = field(default_factory=dict)  # method -> faithfulness of its map
 
 
 def choose_images(probs: np.ndarray, y: np.ndarray, n_correct: int, n_wrong: int) -> list[int]:
@@ -252,6 +219,7 @@ class GalleryResult:
     drops: dict[str, np.ndarray]  # method (and "random") -> [n_images, n_fractions], most relevant first
     lerf: dict[str, np.ndarray]  # method -> [n_images, n_fractions], least relevant removed first
     fill: str = "road"
+    score: str = DEFAULT_SCORE
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Per method, averaged over images and fractions: `morf` (drop when the most important
@@ -263,7 +231,9 @@ class GalleryResult:
         for method, d in self.drops.items():
             morf = float(d.mean())
             lerf = float(self.lerf[method].mean()) if method in self.lerf else morf
+            scored = [it.scores[method] for it in self.items if method in it.scores]
             out[method] = {
+                **({self.score: float(np.mean(scored))} if scored else {}),
                 "morf": morf,
                 "lerf": lerf,
                 "faithfulness": morf - lerf,
@@ -284,6 +254,7 @@ def build_gallery(
     random_repeats: int = 5,
     seed: int = 0,
     fill: str = "road",
+    score: str = DEFAULT_SCORE,
 ) -> GalleryResult:
     """Explain the chosen images with every method (`name -> fn(x [C,H,W], target) -> [H, W]`) and
     score each map's faithfulness against random deletion, explaining the predicted class."""
@@ -296,6 +267,7 @@ def build_gallery(
         item = GalleryItem(i, int(y[i]), pred, float(probs[i, pred]))
         for name, fn in methods.items():
             item.maps[name] = np.asarray(fn(x[i], pred), dtype=np.float32)
+            item.scores[name] = map_score(logits_fn, x[i], item.maps[name], pred, score, seed)
             for least_first, store in ((False, drops), (True, lerf)):
                 store[name].append(
                     deletion_drops(
@@ -308,15 +280,17 @@ def build_gallery(
     def arrays(d: dict[str, list]) -> dict[str, np.ndarray]:
         return {k: np.asarray(v, dtype=np.float64).reshape(len(items), len(fractions)) for k, v in d.items()}
 
-    return GalleryResult(items, tuple(fractions), arrays(drops), arrays(lerf), fill)
+    return GalleryResult(items, tuple(fractions), arrays(drops), arrays(lerf), fill, score)
 
 
 def plot_gallery(result: GalleryResult, x: np.ndarray, labels: list[str], path: str | Path) -> Path:
-    """Rows = images, columns = input + one overlay per method (2.2 in per cell)."""
+    """Rows = images, columns = input + one overlay per method (2.2 in per cell); each overlay's
+    title holds the method and its map's faithfulness score."""
     methods = list(result.items[0].maps) if result.items else []
     rows, cols = max(len(result.items), 1), 1 + len(methods)
     fig = new_figure(2.2 * cols, 2.2 * rows + 0.4)
     axes = fig.subplots(rows, cols, squeeze=False)
+    score = SCORES[result.score]
     for r, item in enumerate(result.items):
         img, cmap = image_for_display(x[item.index])
         ok = "correct" if item.pred == item.true else "WRONG"
@@ -329,13 +303,19 @@ def plot_gallery(result: GalleryResult, x: np.ndarray, labels: list[str], path: 
         for c, method in enumerate(methods, start=1):
             axes[r, c].imshow(img, cmap=cmap, interpolation="nearest")
             heat = item.maps[method]
-            axes[r, c].imshow(_minmax(np.maximum(heat, 0)), cmap="jet", alpha=0.5, interpolation="bilinear")
-            if r == 0:
-                axes[r, c].set_title(method, fontsize=9)
+            axes[r, c].imshow(scale_map(np.maximum(heat, 0)), cmap="jet", alpha=0.5, interpolation="bilinear")
+            value = item.scores.get(method)
+            axes[r, c].set_title(
+                f"{METHODS[method].title}\n{score.name} {value:+.3f}" if value is not None else method, fontsize=8
+            )
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("What the model looks at (explaining the predicted class)", fontsize=10)
+    better = "higher" if score.higher_is_better else "lower"
+    fig.suptitle(
+        f"What the model looks at (explaining the predicted class); {score.title}: {better} is more faithful",
+        fontsize=9,
+    )
     return save_figure(fig, path)
 
 
@@ -402,51 +382,3 @@ def write_results(result: GalleryResult, labels: list[str], out_dir: str | Path)
         encoding="utf-8",
     )
     return csv_path, json_path
-
-
-METHODS = ("gradcam", "occlusion", "scorecam")
-
-
-def make_methods(
-    names: list[str],
-    logits_fn: LogitsFn,
-    feature_model=None,
-    patch: int = 4,
-    stride: int = 2,
-    scorecam_layer: str | None = None,
-) -> dict[str, Callable[[np.ndarray, int], np.ndarray]]:
-    """Per-image explainers `fn(x [C, H, W], target) -> [H, W]` for the requested method names.
-
-    `feature_model` (an `extract.FeatureModel`) is needed by Grad-CAM (its explain graph or torch
-    model) and Score-CAM (its last stage's maps); occlusion needs only `logits_fn`. A method the
-    model cannot support raises ValueError naming why.
-    """
-    from .extract import OnnxFeatureModel, TorchFeatureModel
-
-    out: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {}
-    for name in names:
-        if name == "occlusion":
-            out[name] = lambda x, t: occlusion_sensitivity(logits_fn, x, t, patch=patch, stride=stride)
-        elif name == "gradcam":
-            if isinstance(feature_model, OnnxFeatureModel) and feature_model.explain_path is not None:
-                spec = feature_model.manifest.explain
-                batched = onnx_gradcam(
-                    feature_model.explain_path, feature_model.manifest.input.name, spec.target_input, spec.cam_output
-                )
-            elif isinstance(feature_model, TorchFeatureModel):
-                batched = torch_gradcam(feature_model.model)
-            else:
-                raise ValueError("Grad-CAM needs a checkpoint or a bundle with an explain graph")
-            out[name] = lambda x, t, f=batched: f(x[None], np.asarray([t]))[0]
-        elif name == "scorecam":
-            layer = scorecam_layer or (
-                feature_model.map_layers[-1] if feature_model and feature_model.map_layers else None
-            )
-            if layer is None:
-                raise ValueError("Score-CAM needs a model that exposes its last feature map")
-            out[name] = lambda x, t, m=feature_model, lay=layer: score_cam(
-                logits_fn, lambda b: m.feature_maps(b, lay), x, t
-            )
-        else:
-            raise ValueError(f"unknown explanation method {name!r}: choose from {', '.join(METHODS)}")
-    return out

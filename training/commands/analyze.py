@@ -1,7 +1,7 @@
 """`striate analyze separability|specialization|activations|gallery MODEL --data ... --out DIR`.
 
 MODEL is a `.pt` checkpoint (torch) or a bundle folder with manifest.json (onnxruntime); `gallery`
-also takes a bare `.onnx` classifier (occlusion only: no layers, no Grad-CAM graph).
+also takes a bare `.onnx` classifier (occlusion and RISE only: no layers, no explain graph).
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from striate.errors import StriateError
+from striate.explain.methods import METHODS, canonical
+from striate.explain.scores import SCORES
 from striate.manifest import Preprocessing
 
 ANALYSES = ("separability", "specialization", "activations", "gallery")
+METHOD_NAMES = tuple(METHODS)
 DEFAULT_OUT = "artifacts/analysis"  # each analysis writes into <out>/ (created)
 
 
@@ -63,13 +66,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--max-channels", type=int, default=64, help="most active channels drawn (default: 64)")
     p.add_argument("--shared-scale", action="store_true", help="one colour scale for all channels")
 
-    p = sub.add_parser("gallery", help="Grad-CAM vs gradient-free explanations, with a faithfulness score")
+    p = sub.add_parser("gallery", help="explanation methods side by side, each map with its faithfulness score")
     _common(p)
     p.set_defaults(samples=200)
     p.add_argument(
         "--methods",
-        default="gradcam,occlusion,scorecam",
-        help="comma-separated: gradcam, occlusion, scorecam (unsupported ones are skipped)",
+        default="gradcam,gradcampp,scorecam,occlusion",
+        help=f"comma-separated, of: {', '.join(METHOD_NAMES)} (unsupported ones are skipped)",
+    )
+    p.add_argument(
+        "--score",
+        choices=tuple(SCORES),
+        default="road",
+        help="faithfulness score in each map's title (default: %(default)s)",
     )
     p.add_argument("--correct", type=int, default=4, help="correctly classified images (default: 4)")
     p.add_argument("--wrong", type=int, default=4, help="misclassified images, most confident first (default: 4)")
@@ -240,11 +249,11 @@ def _gallery(fm, args, out: Path) -> None:
     stride = args.stride or max(1, patch // 2)
     methods: dict = {}
     for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        if canonical(name) is None:
+            raise StriateError(f"unknown explanation method {name!r}: choose from {', '.join(METHOD_NAMES)}")
         try:
             methods.update(gallery.make_methods([name], logits_fn, fm, patch=patch, stride=stride))
         except ValueError as exc:
-            if name not in gallery.METHODS:
-                raise StriateError(str(exc)) from None
             print(f"skipping {name}: {exc}")
     if not methods:
         raise StriateError("no explanation method applies to this model")
@@ -258,6 +267,7 @@ def _gallery(fm, args, out: Path) -> None:
         fractions=fractions,
         seed=args.seed,
         fill=args.fill,
+        score=args.score,
     )
     if not result.items:
         raise StriateError("no images to explain (try --samples, --correct, --wrong)")
@@ -272,10 +282,17 @@ def _gallery(fm, args, out: Path) -> None:
     )
     _print_table(
         [
-            [m, f"{s['morf']:.3f}", f"{s['lerf']:.3f}", f"{s['faithfulness']:+.3f}", f"{s['excess_over_random']:+.3f}"]
+            [
+                m,
+                f"{s[args.score]:+.3f}" if args.score in s else "-",
+                f"{s['morf']:.3f}",
+                f"{s['lerf']:.3f}",
+                f"{s['faithfulness']:+.3f}",
+                f"{s['excess_over_random']:+.3f}",
+            ]
             for m, s in summary.items()
         ],
-        ["method", "most-first", "least-first", "faithfulness", "most-first vs random"],
+        ["method", args.score, "most-first", "least-first", "faithfulness", "most-first vs random"],
     )
     print(f"wrote {out / 'gallery.png'}, faithfulness.png, faithfulness.csv, faithfulness.json")
     (out / "gallery_settings.json").write_text(

@@ -13,11 +13,11 @@ import torch
 from striate.errors import StriateError
 from striate.manifest import Preprocessing
 from training.checkpoint import file_sha256, load_checkpoint
+from training.explain.head import head_steps
 from training.models.base import StriateModel
 
 from . import images as real
 from .bundle import next_version, staging
-from .gradcam import head_steps
 from .manifest import build_manifest
 from .onnx_export import MODEL_FILE, export_graphs
 from .parity import TOLERANCE, check_parity
@@ -78,7 +78,7 @@ def export_model(
     all_metrics = dict(metrics or {})
     with staging(out_root, name, version) as tmp:
         export_graphs(features, explain, input_shape, tmp)
-        parity = check_parity(tmp, model, real.real_batch(preprocessing, PARITY_IMAGES), TOLERANCE)
+        parity, method_parity = check_parity(tmp, model, real.real_batch(preprocessing, PARITY_IMAGES), TOLERANCE)
         if quantize == "int8":
             assert calibration is not None and heldout is not None
             float_path = tmp / "model.float32.onnx"
@@ -99,6 +99,7 @@ def export_model(
             stage_names=model.stage_names,
             metrics=all_metrics,
             parity=parity,
+            method_parity=method_parity,
             data=data,
             checkpoint=checkpoint,
             checkpoint_sha256=checkpoint_sha256,

@@ -15,6 +15,7 @@ from striate.manifest import (
     FeatureLayer,
     InputSpec,
     Manifest,
+    MethodParity,
     Parity,
     Preprocessing,
     Provenance,
@@ -22,7 +23,7 @@ from striate.manifest import (
 )
 
 from .onnx_export import EXPLAIN_FILE, MODEL_FILE, OPSET
-from .wrappers import CAM, EMBEDDING, IMAGE, LOGITS, TARGET, map_name, pooled_name
+from .wrappers import CAM_OUTPUTS, EMBEDDING, EXPLAINED, IMAGE, LOGITS, TARGETS, map_name, pooled_name
 
 DESCRIPTIONS = {LOGITS: "class scores before softmax", EMBEDDING: "global feature vector (head input)"}
 
@@ -39,6 +40,7 @@ def build_manifest(
     metrics: Mapping[str, float],
     parity: Parity,
     data: str,
+    method_parity: Sequence[MethodParity] = (),
     checkpoint: str | None = None,
     checkpoint_sha256: str | None = None,
     quantization: str | None = None,
@@ -75,11 +77,14 @@ def build_manifest(
         explain=ExplainSpec(
             graph=EXPLAIN_FILE,
             target_layer=stage_names[-1],
-            target_input=TARGET,
-            cam_output=CAM,
+            map_output=map_name(stage_names[-1]),
+            targets_input=TARGETS,
+            explained_output=EXPLAINED,
             logits_output=LOGITS,
+            cam_outputs=dict(CAM_OUTPUTS),
             resolution="feature",
             cam_shape=(last_map[1], last_map[2]),
+            parity=tuple(method_parity),
         ),
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)},
         provenance=Provenance(

@@ -1,31 +1,28 @@
-"""Grad-CAM without autograd: the head's vector-Jacobian product written as plain tensor ops.
+"""Gradients without autograd: the classifier head's vector-Jacobian product as plain tensor ops.
 
-onnxruntime has no backward pass, but Grad-CAM only needs d logit[target] / d A, where A is the
-last stage's map and everything after A is the classifier head (pooling, flatten, dropout, linear,
-ReLU, Hardswish). `HeadGradCAM` runs that head forward, then walks it backwards by hand:
+onnxruntime has no backward pass, but every gradient CAM method only needs d logit[t] / d A, where
+A is the last stage's map and everything after A is the classifier head (pooling, flatten,
+dropout, linear, ReLU, Hardswish). `HeadVJP` runs that head forward, then walks it backwards:
 
-1. g = fc.weight[target]                     (d logit_t / d embedding)
+1. g = fc.weight[t]                          (d logit_t / d embedding), for T targets per image
 2. for each pre_logits module, last first:   g = VJP(module, its forward input, g)
    Linear: g @ W · ReLU: g * (x > 0) · Hardswish: g * its slope · Dropout/Identity: g · Flatten: reshape ·
    AdaptiveAvgPool2d: g spread evenly over each bin · AdaptiveMaxPool2d: g to each bin's argmax
-3. alpha = spatial mean of g; cam = ReLU(sum_k alpha_k A_k); cam = (cam - min) / (1e-7 + max)
-   per image, applied twice exactly as `pytorch_grad_cam` does (`BaseCAM.compute_cam_per_layer`
-   then `aggregate_multi_layers`, both through `utils.image.scale_cam_image`).
 
-Because the ops are traced like any other module, the same code is the torch reference and the
+Because the ops are traced like any other module, the same code runs in torch and becomes the
 ONNX graph. A head holding any other module is refused: a wrong heatmap is worse than none.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from striate.errors import StriateError
 
-SUPPORTED = (
+# The only modules a classifier head may hold (between the target layer and fc) to be explained.
+SUPPORTED_HEAD_LAYERS = (
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d,
     nn.Flatten,
@@ -35,7 +32,6 @@ SUPPORTED = (
     nn.Hardswish,
     nn.Identity,
 )
-CAM_EPS = 1e-7  # the epsilon pytorch_grad_cam.utils.image.scale_cam_image adds to the max
 
 
 def head_steps(pre_logits: nn.Module, prefix: str = "head.pre_logits") -> list[tuple[str, nn.Module]]:
@@ -45,8 +41,8 @@ def head_steps(pre_logits: nn.Module, prefix: str = "head.pre_logits") -> list[t
         for child_name, child in pre_logits.named_children():
             steps += head_steps(child, f"{prefix}.{child_name}")
         return steps
-    if not isinstance(pre_logits, SUPPORTED):
-        allowed = ", ".join(cls.__name__ for cls in SUPPORTED)
+    if not isinstance(pre_logits, SUPPORTED_HEAD_LAYERS):
+        allowed = ", ".join(cls.__name__ for cls in SUPPORTED_HEAD_LAYERS)
         raise StriateError(
             f"cannot write Grad-CAM for module {prefix!r} ({type(pre_logits).__name__}) in the classifier "
             f"head: only {allowed} are supported there"
@@ -152,9 +148,10 @@ class _Step(nn.Module):
         return g
 
 
-class HeadGradCAM(nn.Module):
-    """(feature map A, target) -> (logits, cam); cam is [N, h, w], ReLU'd and scaled to [0, 1].
+class HeadVJP(nn.Module):
+    """(feature map A [N, C, h, w], targets [N, T]) -> (logits [N, K], chosen [N, T], grads [N, T, C, h, w]).
 
+    A target t >= 0 is a class index; t = -k is the k-th most probable class (-1: the predicted one).
     `feature_shape` is A's (C, h, w), needed to build the pooling tables for a fixed input size.
     """
 
@@ -163,7 +160,7 @@ class HeadGradCAM(nn.Module):
         steps = head_steps(head.pre_logits)
         self.fc = head.fc
         if not isinstance(self.fc, nn.Linear):
-            raise StriateError(f"cannot write Grad-CAM: head.fc is {type(self.fc).__name__}, not Linear")
+            raise StriateError(f"cannot explain: head.fc is {type(self.fc).__name__}, not Linear")
         built = []
         shape: tuple[int, ...] = tuple(feature_shape)
         with torch.no_grad():
@@ -184,46 +181,21 @@ class HeadGradCAM(nn.Module):
             x = step(x)
         return x, inputs
 
-    def forward(self, features: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x, inputs = self.embed(features)
         logits = F.linear(x, self.fc.weight, self.fc.bias)
-        chosen = torch.where(target < 0, logits.argmax(1), target)
-        g = self.fc.weight[chosen]  # [N, D]: d logit_t / d embedding
+        chosen = choose_targets(logits, targets)  # [N, T]
+        n, t = chosen.shape
+        g = self.fc.weight[chosen.reshape(-1)]  # [N*T, D]: d logit_t / d embedding
         for step, x_in in zip(reversed(self.steps), reversed(inputs), strict=True):
-            g = step.vjp(x_in, g)
-        alpha = g.mean(dim=(2, 3), keepdim=True)
-        cam = F.relu((alpha * features).sum(1))
-        # pytorch_grad_cam scales once per target layer, then once more after merging the layers;
-        # the second pass matters when the map's maximum is small (it moves values by ~1e-7 / max).
-        return logits, scale_cam(scale_cam(cam))
+            # Every target of an image shares the image's forward values: repeat them T times.
+            x_rep = x_in.unsqueeze(1).expand(n, t, *x_in.shape[1:]).reshape(n * t, *x_in.shape[1:])
+            g = step.vjp(x_rep, g)
+        return logits, chosen, g.reshape(n, t, *features.shape[1:])
 
 
-def scale_cam(cam: torch.Tensor) -> torch.Tensor:
-    """Per-image min-max scaling of [N, h, w] maps, as `pytorch_grad_cam.utils.image.scale_cam_image`."""
-    cam = cam - cam.amin(dim=(1, 2), keepdim=True)
-    return cam / (CAM_EPS + cam.amax(dim=(1, 2), keepdim=True))
-
-
-def reference_cam(model: nn.Module, images: torch.Tensor, targets: list[int] | None = None) -> np.ndarray:
-    """Grad-CAM from the `grad-cam` package (torch autograd) on the last stage, at feature resolution.
-
-    The package resizes its [0, 1] map to the input size with cv2; here the target size is the
-    feature map's own size, which cv2.resize leaves untouched, so nothing else differs.
-    """
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    layer = list(model.stages.values())[-1]
-    with torch.no_grad():
-        fh, fw = model.forward_features(images[:1]).shape[-2:]
-
-    class FeatureResolutionGradCAM(GradCAM):
-        def get_target_width_height(self, input_tensor: torch.Tensor) -> tuple[int, int]:
-            return int(fw), int(fh)
-
-    cam = FeatureResolutionGradCAM(model, [layer])
-    try:
-        wanted = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
-        return cam(images, wanted)
-    finally:
-        cam.activations_and_grads.release()
+def choose_targets(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[N, T] class indices: t >= 0 as given, t = -k the k-th most probable class of its image."""
+    order = torch.argsort(logits, dim=1, descending=True)
+    rank = torch.clamp(-targets - 1, min=0, max=logits.shape[1] - 1)
+    return torch.where(targets < 0, torch.gather(order, 1, rank), targets)

@@ -1,0 +1,108 @@
+"""POST /v2/models/{name}[/versions/{v}]/explain: explanations over the Open Inference Protocol.
+
+The Open Inference Protocol has no explain verb; this route takes infer's request and gives infer's
+response (Triton's binary-data extension included), so a stock `tritonclient.http` client can call
+it through its low-level request API. Server metadata lists it as the `explain` extension.
+
+Request: input `image` (FP32 [N, C, H, W] preprocessed, or BYTES [N] encoded images); `parameters`
+`method`, `targets` (class indices or labels: a list or a comma-separated string) or `top_targets`,
+and `score`, as on v1. Outputs: `cam` FP32 [N, T, h, w], `explained` INT64 [N, T] (the classes
+explained), `logits` FP32 [N, K] and, with a score, `score` FP64 [N, T]. The response's
+`parameters` name the method and the target layer.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from service.deps import ApiKey, InferenceDep, ModelDep, SettingsDep
+from service.errors import BadRequest
+from service.explain import explain as run_explain
+from service.explain import parse_query
+from service.oip import decompress, encode_response, parse_request
+from service.tensors import check_inputs
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"], dependencies=[ApiKey])
+
+EXTENSION = "explain"
+OUTPUTS = ("cam", "explained", "logits", "score")
+ERRORS = {
+    400: {"description": 'a malformed request: {"error": "..."}'},
+    422: {"description": 'unknown method or class, method not available, too many targets or passes: {"error": "..."}'},
+}
+
+
+def _targets(value) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, int | str) and not isinstance(v, bool) for v in value):
+        return ",".join(str(v) for v in value)
+    raise BadRequest('parameter "targets" must be a list of class indices or labels, or a comma-separated string')
+
+
+def _int_or_none(name: str, value) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadRequest(f'parameter "{name}" must be an integer')
+    return value
+
+
+def _str_or_none(name: str, value) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f'parameter "{name}" must be a string')
+    return value
+
+
+@router.post(
+    "/models/{name}/explain",
+    summary="explanations with infer's request and response (Triton binary data included)",
+    description=__doc__.split("\n\n", 1)[1],
+    responses=ERRORS,
+)
+@router.post("/models/{name}/versions/{version}/explain", summary="explanations, one version", responses=ERRORS)
+async def explain(model: ModelDep, request: Request, settings: SettingsDep, inference: InferenceDep) -> Response:
+    body = decompress(await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes)
+    req = parse_request(body, request.headers.get("inference-header-content-length"))
+    image, target = check_inputs(model, req.inputs, settings.max_images)
+    if target is not None:
+        raise BadRequest('explain takes its classes in parameters "targets" or "top_targets", not an input')
+    p = req.parameters
+    query = parse_query(
+        model,
+        settings,
+        _str_or_none("method", p.get("method")),
+        _targets(p.get("targets")),
+        _int_or_none("top_targets", p.get("top_targets")),
+        _str_or_none("score", p.get("score")),
+    )
+    available = [n for n in OUTPUTS if n != "score" or query.score]
+    if req.outputs is None:
+        wanted = {n: req.binary_default for n in available}
+    else:
+        unknown = sorted(set(req.outputs) - set(available))
+        if unknown:
+            raise BadRequest(f"unknown output(s) {unknown}; explain gives {available}")
+        wanted = req.outputs
+    if isinstance(image, list):  # BYTES: encoded images, decoded with the manifest's preprocessing
+        image = (await inference.decode(model, image)).tensor
+    result = await run_explain(model, np.ascontiguousarray(image, dtype=np.float32), query, settings)
+    arrays = {"cam": result.cams, "explained": result.explained, "logits": result.logits, "score": result.scores}
+    body, header_length = encode_response(
+        model.name, model.version, req.id, {n: (arrays[n], wanted[n]) for n in wanted}
+    )
+    split = len(body) if header_length is None else header_length
+    head = json.loads(body[:split])
+    head["parameters"] = {"method": result.method, "target_layer": result.target_layer or ""}
+    new_head = json.dumps(head, separators=(",", ":")).encode()
+    if header_length is None:
+        return Response(content=new_head, media_type="application/json")
+    return Response(
+        content=new_head + body[split:],
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(new_head))},
+    )

@@ -1,0 +1,58 @@
+"""The registry of explanation methods: each one's URL-safe name, title and kind, stated once.
+
+- "gradient" methods are computed by the bundle's explain graph (onnxruntime), from the target
+  layer's activations and the gradient of each target's logit, in one run for every target;
+- "forward" methods need forward passes of the model graph only, so they work on every bundle
+  (Score-CAM and Eigen-CAM need the target layer's map, which bundles export).
+
+The torch side (training/explain) registers one weights function per gradient method under these
+names; the service (service/explain.py) one numpy function per forward method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["gradient", "forward"]
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str  # URL-safe lowercase identifier
+    title: str
+    kind: Kind
+    needs_map: bool  # needs the target layer's feature map
+    package_class: str | None  # the pytorch-grad-cam class it is checked against, if any
+
+
+METHODS: dict[str, MethodInfo] = {
+    m.name: m
+    for m in (
+        MethodInfo("gradcam", "Grad-CAM", "gradient", True, "GradCAM"),
+        MethodInfo("gradcampp", "Grad-CAM++", "gradient", True, "GradCAMPlusPlus"),
+        MethodInfo("xgradcam", "XGrad-CAM", "gradient", True, "XGradCAM"),
+        MethodInfo("hirescam", "HiResCAM", "gradient", True, "HiResCAM"),
+        MethodInfo("layercam", "LayerCAM", "gradient", True, "LayerCAM"),
+        MethodInfo("eigencam", "Eigen-CAM", "forward", True, "EigenCAM"),
+        MethodInfo("scorecam", "Score-CAM", "forward", True, "ScoreCAM"),
+        MethodInfo("occlusion", "Occlusion", "forward", False, None),
+        MethodInfo("rise", "RISE", "forward", False, None),
+    )
+}
+ALIASES = {"gradcam++": "gradcampp", "grad-cam": "gradcam", "grad-cam++": "gradcampp", "score-cam": "scorecam"}
+DEFAULT_METHOD = "gradcam"
+GRADIENT_METHODS = tuple(name for name, m in METHODS.items() if m.kind == "gradient")
+FORWARD_METHODS = tuple(name for name, m in METHODS.items() if m.kind == "forward")
+
+
+def canonical(name: str) -> str | None:
+    """The registered name for `name` (case-insensitive, with the usual spellings), or None."""
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    return key if key in METHODS else None
+
+
+def cam_output_name(method: str) -> str:
+    """The explain graph's output holding `method`'s maps [N, T, h, w]."""
+    return f"cam_{method}"
