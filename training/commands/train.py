@@ -12,6 +12,7 @@ from typing import Any
 from striate.errors import StriateError
 
 from ..config import TrainConfig
+from ..data.sources import DATA_NAMES
 
 D = TrainConfig.default
 
@@ -29,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt(g, "--base-width", "base_width", "width of the first stage (None: the architecture's own)", type=int)
 
     g = parser.add_argument_group("data")
-    opt(g, "--data", "data", "dataset", choices=["digits", "shapes", "folder"])
+    opt(g, "--data", "data", "dataset", choices=DATA_NAMES)
     opt(g, "--data-dir", "data_dir", "ImageFolder root DIR/<class>/<image> (or DIR/{train,val,test}/<class>/...)")
     opt(g, "--color-mode", "color_mode", "input colour mode (None: L for digits, RGB otherwise)", choices=["L", "RGB"])
     opt(g, "--val-fraction", "val_fraction", "validation share of each class", type=float)
