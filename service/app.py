@@ -14,6 +14,7 @@ from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.repository import Repository
 from service.routes import activations, classify, explain, features, health, models, v2
+from service.routes.ui import install_ui
 from service.settings import Settings, get_settings
 from striate import __version__
 
@@ -63,7 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.inference.close()
             await repository.close()
 
-    app = FastAPI(title="Striate", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Striate", version=__version__, description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.settings = settings
     app.state.metrics = metrics
     install_handlers(app)
@@ -78,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         v2.models,
     ):
         app.include_router(router)
+    install_ui(app)  # the web page at /, offline /docs and /redoc
     # Outermost first: metrics see every request, including those the body limit refuses.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
