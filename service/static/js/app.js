@@ -156,7 +156,8 @@ async function explain() {
   note.hidden = true;
   const target = $("target").value;
   const params = { method: $("method").value, format: "overlay", alpha: $("alpha").value };
-  if (target !== "") Object.assign(params, { targets: target, target });
+  // The explain contract names classes with `targets`; bundles served before it take `target`.
+  if (target !== "") params[Array.isArray(state.detail.explain.methods) ? "targets" : "target"] = target;
   const key = JSON.stringify(params);
   const current = ticket("explain");
   const response = await guarded(() => postImage(path("/explain"), params, state.image), note);
