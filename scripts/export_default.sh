@@ -9,6 +9,8 @@ if [ -d "$BUNDLE" ]; then
   mv "$BUNDLE" "$BUNDLE.previous"
   trap '[ -d "$BUNDLE" ] || mv "$BUNDLE.previous" "$BUNDLE"' ERR
 fi
-.venv/bin/striate export checkpoints/digits_default.pt --name digits --version 1 --out exported
+"${VENV:-.venv}/bin/striate" export checkpoints/digits_default.pt --name digits --version 1 --out exported
 rm -rf "$BUNDLE.previous"
 ls -l "$BUNDLE"
+# The held-out accuracy on digits as people write them (both polarities), as the service sees them.
+"${VENV:-.venv}/bin/python" bench/handwriting_accuracy.py "$BUNDLE"

@@ -15,6 +15,7 @@ from service.metrics import Metrics, MetricsMiddleware
 from service.repository import Repository
 from service.routes import activations, classify, explain, features, health, models, repository, v2, v2_explain
 from service.routes.common import install_openapi
+from service.routes.ui import install_ui
 from service.settings import Settings, get_settings
 from striate import __version__
 
@@ -80,7 +81,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.inference.close()
             await repo.close()
 
-    app = FastAPI(title="Striate", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Striate", version=__version__, description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.draining = False  # set on SIGTERM (service/server.py): readiness 503, connections close
@@ -88,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     install_openapi(app)
+    install_ui(app)  # the web page at /, offline /docs and /redoc
     # Outermost first: metrics see every request, including those the body limit refuses.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

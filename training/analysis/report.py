@@ -66,28 +66,69 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def plot_confusion(confusion: np.ndarray, labels: list[str], path: Path) -> Path:
-    """Confusion matrix (rows = true class, columns = predicted), counts written in the cells."""
+def plot_confusion(confusion: np.ndarray, labels: list[str], path: Path, split: str | None = None) -> Path:
+    """Confusion matrix (rows = true class, columns = predicted) on a log colour scale of counts.
+
+    A linear scale washes a handful of mistakes out next to hundreds of correct answers, so the
+    colours follow log(count), empty cells stay white, and every non-zero cell carries its count
+    (up to 40 classes); the mistakes (off the diagonal) are written in bold red.
+    """
+    from matplotlib.colors import LogNorm
+
     n = len(labels)
     side = float(min(max(5.0, 0.45 * n + 2.5), 16.0))
     fig = new_figure(side, side)
     ax = fig.subplots()
-    row_sum = confusion.sum(axis=1, keepdims=True)
-    rate = np.divide(confusion, row_sum, out=np.zeros_like(confusion, dtype=float), where=row_sum > 0)
-    im = ax.imshow(rate, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    counts = np.ma.masked_equal(confusion.astype(float), 0.0)
+    top = max(float(confusion.max()), 2.0)
+    im = ax.imshow(counts, cmap="Blues", norm=LogNorm(vmin=1.0, vmax=top))
+    fig.colorbar(im, ax=ax, fraction=0.046, label="images (log scale)")
     ax.set_xticks(range(n), labels, rotation=90 if n > 10 else 0)
     ax.set_yticks(range(n), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    if n <= 30:
-        for i in range(n):
-            for j in range(n):
-                if confusion[i, j]:
-                    color = "white" if rate[i, j] > 0.5 else "black"
-                    ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center", color=color, fontsize=8)
-    ax.set_title("Confusion matrix")
+    for i, j, text, color, weight in confusion_annotations(confusion):
+        ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8, fontweight=weight)
+    wrong = int(confusion.sum() - np.trace(confusion))
+    where = f"{split} split, " if split else ""
+    ax.set_title(f"Confusion matrix ({where}{int(confusion.sum())} images, {wrong} wrong)")
     return save_figure(fig, path)
+
+
+def confusion_annotations(confusion: np.ndarray, max_classes: int = 40) -> list[tuple[int, int, str, str, str]]:
+    """(row, column, text, colour, weight) for every non-zero cell; mistakes in bold red."""
+    if len(confusion) > max_classes:
+        return []
+    bright = math.sqrt(max(float(confusion.max()), 2.0))  # cells past the log midpoint are dark: white text
+    cells = []
+    for i, j in zip(*np.nonzero(confusion), strict=True):
+        value = int(confusion[i, j])
+        if i == j:
+            cells.append((int(i), int(j), str(value), "white" if value > bright else "black", "normal"))
+        else:
+            cells.append((int(i), int(j), str(value), "#c00000", "bold"))
+    return cells
+
+
+def best_epoch(history: list[dict[str, Any]]) -> tuple[int, float] | None:
+    """(epoch, val_acc) of the checkpoint kept as best.pt: the first epoch with the highest val_acc."""
+    epochs, accs = _series(history, "val_acc")
+    if not accs:
+        return None
+    i = int(np.argmax(accs))
+    return int(epochs[i]), accs[i]
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds for a person: "42 s", "3 min 05 s", "1 h 02 min"."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 def _load_config(run_dir: Path) -> dict[str, Any] | None:
@@ -123,6 +164,11 @@ def _fmt(value: Any, digits: int = 4) -> str:
             return "-"
         return f"{value:.3g}" if 0 < abs(value) < 0.01 else f"{value:.{digits}f}"  # learning rates
     return html.escape(str(value))
+
+
+def _rounded(key: str, value: Any) -> Any:
+    """Per-epoch seconds to a tenth: timings are not known to a microsecond."""
+    return f"{value:.1f}" if key == "seconds" and isinstance(value, int | float) else value
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -175,12 +221,17 @@ def write_report(run_dir: str | Path) -> Path:
     sections: list[str] = []
     if metrics:
         split = metrics.get("split", "test")
-        summary = [["accuracy", metrics.get("accuracy", float("nan"))], ["split", split]]
+        summary = [[f"{split} accuracy", metrics.get("accuracy", float("nan"))], ["split", split]]
+        if "count" in metrics:
+            summary.append([f"{split} images", metrics["count"]])
         if history:
             summary.append(["epochs", len(history)])
+            best = best_epoch(history)
+            if best is not None:
+                summary.append(["best epoch (kept as best.pt)", f"{best[0]} (val accuracy {best[1]:.4f})"])
             seconds = [r.get("seconds") for r in history if isinstance(r.get("seconds"), int | float)]
             if seconds:
-                summary.append(["training time (s)", float(sum(seconds))])
+                summary.append(["training time", format_duration(float(sum(seconds)))])
         sections.append(f"<h2>Summary ({html.escape(str(split))} split)</h2>" + _table(["metric", "value"], summary))
     if history:
         plot_curves(history, run_dir / CURVES_PNG)
@@ -190,8 +241,11 @@ def write_report(run_dir: str | Path) -> Path:
         confusion = np.asarray(metrics["confusion"], dtype=np.int64)
         if confusion.ndim == 2 and confusion.shape[0] == confusion.shape[1]:
             labels = labels if len(labels) == len(confusion) else [str(i) for i in range(len(confusion))]
-            plot_confusion(confusion, labels, run_dir / CONFUSION_PNG)
-            sections.append(f'<h2>Confusion matrix</h2><img src="{CONFUSION_PNG}" alt="confusion matrix">')
+            plot_confusion(confusion, labels, run_dir / CONFUSION_PNG, split=str(metrics.get("split", "test")))
+            sections.append(
+                f"<h2>Confusion matrix ({html.escape(str(metrics.get('split', 'test')))} split)</h2>"
+                f'<img src="{CONFUSION_PNG}" alt="confusion matrix">'
+            )
         else:
             notes.append("metrics.json's confusion matrix is not square: not drawn.")
     if metrics and metrics.get("labels"):
@@ -205,7 +259,7 @@ def write_report(run_dir: str | Path) -> Path:
             for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
             if any(k in r for r in history)
         ]
-        rows = [[r.get(k, "-") for k in keys] for r in history]
+        rows = [[_rounded(k, r.get(k, "-")) for k in keys] for r in history]
         sections.append("<h2>History</h2>" + _table(keys, rows))
     config = _load_config(run_dir)
     if config:

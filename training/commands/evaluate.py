@@ -15,13 +15,14 @@ from pathlib import Path
 from striate.errors import StriateError
 
 from ..config import TrainConfig
+from ..data.sources import DATA_NAMES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint file, or a run directory (its best.pt)")
     parser.add_argument(
         "--data",
-        choices=["digits", "shapes", "folder"],
+        choices=DATA_NAMES,
         default=None,
         help="dataset (default: the one the checkpoint was trained on)",
     )

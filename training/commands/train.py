@@ -11,6 +11,7 @@ from typing import Any
 
 from ..config import TrainConfig
 from .common import add_recipe_arguments, explicit_options, flag, print_result, report_hook
+from ..data.sources import DATA_NAMES
 
 D = TrainConfig.default
 
@@ -25,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt(g, "--base-width", "base_width", "width of the first stage (None: the architecture's own)", type=int)
 
     g = parser.add_argument_group("data")
-    opt(g, "--data", "data", "dataset", choices=["digits", "shapes", "folder"])
+    opt(g, "--data", "data", "dataset", choices=DATA_NAMES)
     opt(g, "--data-dir", "data_dir", "ImageFolder root DIR/<class>/<image> (or DIR/{train,val,test}/<class>/...)")
     opt(g, "--color-mode", "color_mode", "input colour mode (None: L for digits, RGB otherwise)", choices=["L", "RGB"])
     opt(g, "--val-fraction", "val_fraction", "validation share of each class", type=float)

@@ -15,7 +15,15 @@ from striate.manifest import Preprocessing
 from striate.preprocess import prepare_image
 
 from ..config import TrainConfig
-from .sources import ImageSource, load_digits_source, load_folder_source, load_shapes_source
+from .handwriting import load_handwritten_source
+from .sources import (
+    DATA_NAMES,
+    HANDWRITTEN_DIGITS,
+    ImageSource,
+    load_digits_source,
+    load_folder_source,
+    load_shapes_source,
+)
 from .splits import Split, split_with_predefined, stratified_split
 from .transforms import AugmentKind, EvalTransform, TrainTransform, channel_stats, fixed_size_spec, folder_spec
 
@@ -61,12 +69,14 @@ class DataSplits:
 def load_source(config: TrainConfig) -> ImageSource:
     if config.data == "digits":
         return load_digits_source()
+    if config.data == HANDWRITTEN_DIGITS:
+        return load_handwritten_source(config.data_seed)
     if config.data == "shapes":
         return load_shapes_source(config.shapes_per_class, config.data_seed)
     if config.data == "folder":
         assert config.data_dir is not None
         return load_folder_source(config.data_dir, config.on_bad_image)
-    raise StriateError(f"unknown dataset {config.data!r}: choose digits, shapes or folder")
+    raise StriateError(f"unknown dataset {config.data!r}: choose one of {', '.join(DATA_NAMES)}")
 
 
 def split_source(source: ImageSource, config: TrainConfig) -> Split:
@@ -97,7 +107,10 @@ def choose_preprocessing(config: TrainConfig, source: ImageSource, train_indices
 
 
 def augment_kind(config: TrainConfig) -> AugmentKind:
-    return config.data if config.augment else "none"
+    if not config.augment:
+        return "none"
+    # Handwritten pages are augmented when rendered; the digits' affine jitter varies them per epoch.
+    return "digits" if config.data == HANDWRITTEN_DIGITS else config.data
 
 
 SpecChooser = Callable[[ImageSource, np.ndarray], Preprocessing]

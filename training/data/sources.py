@@ -1,4 +1,5 @@
-"""Where images come from: scikit-learn's digits, generated shapes, or an ImageFolder directory.
+"""Where images come from: scikit-learn's digits (plain or as handwriting on paper, see
+`handwriting.py`), generated shapes, or an ImageFolder directory.
 
 A source is a list of images with integer targets and class names; it knows nothing about
 splits, tensors or augmentation. Sources are plain picklable objects so DataLoader workers can
@@ -22,6 +23,9 @@ from striate.preprocess import ImageDecodeError, decode_image
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 SHAPE_CLASSES = ("circle", "square", "triangle")
+HANDWRITTEN_DIGITS = "digits-handwritten"  # scikit-learn's and font digits on paper (training.data.handwriting)
+# Every --data name the training commands accept, stated once.
+DATA_NAMES = ("digits", HANDWRITTEN_DIGITS, "shapes", "folder")
 
 
 @dataclass

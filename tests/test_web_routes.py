@@ -1,0 +1,52 @@
+"""The page's routes over HTTP (no browser): served without the API key, docs assets local, not in OpenAPI."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from service_fixtures import build_bundle, make_settings, run_server
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("ui-models")
+    build_bundle(root, "tiny", 1)
+    with run_server(make_settings(root, api_key="k3y")) as url:
+        yield url
+
+
+def test_the_page_and_its_files_need_no_key_but_the_api_still_does(keyed_server) -> None:
+    page = httpx.get(keyed_server + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
+        assert httpx.get(keyed_server + asset).status_code == 200, asset
+    assert (
+        httpx.get(keyed_server + "/static/js/app.js")
+        .headers["content-type"]
+        .startswith(("text/javascript", "application/javascript"))
+    )
+    assert httpx.get(keyed_server + "/static/samples/index.json").json()["samples"]
+    assert httpx.get(keyed_server + "/favicon.ico").status_code == 200
+    assert httpx.get(keyed_server + "/v1/models").status_code == 401
+    assert httpx.get(keyed_server + "/v1/models", headers={"X-API-Key": "k3y"}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_the_docs_pages_load_their_scripts_from_the_service(keyed_server, path) -> None:
+    html = httpx.get(keyed_server + path).text
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+    scripts = [a for a in assets if a.endswith((".js", ".css"))]
+    assert scripts and all(a.startswith("/static-docs/") for a in scripts), assets
+    for asset in scripts:
+        response = httpx.get(keyed_server + asset)
+        assert response.status_code == 200 and len(response.content) > 10_000, asset
+    assert "fonts.googleapis" not in html
+
+
+def test_the_page_routes_stay_out_of_the_api_description(keyed_server) -> None:
+    paths = httpx.get(keyed_server + "/openapi.json").json()["paths"]
+    assert not {"/", "/docs", "/redoc", "/favicon.ico"} & set(paths)
+    assert "/v1/models/{name}/classify" in paths

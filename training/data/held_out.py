@@ -1,0 +1,66 @@
+"""Accuracy of an exported bundle on digits as people write them, measured as the service sees them.
+
+The pages come from `handwriting.held_out_set` (scikit-learn's test-split digits only, rendered with
+their own seed), go through `striate.preprocess` (the service's own preprocessing) and the bundle's
+ONNX graph on onnxruntime. Used by `bench/handwriting_accuracy.py` and by the test of the committed
+default bundle, so the number in the README and the number the test checks are computed once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from striate.manifest import Manifest
+from striate.preprocess import preprocess
+
+from .handwriting import held_out_set
+
+
+@dataclass
+class HeldOutAccuracy:
+    dark_on_light: float
+    light_on_dark: float
+    sklearn_test: float
+    pages: int  # per polarity
+    sklearn_digits: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return dict(self.__dict__)
+
+
+def _predict(bundle_dir: Path, manifest: Manifest, images: list[Image.Image], batch: int = 256) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(
+        str(bundle_dir / manifest.graph), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    predictions = []
+    for start in range(0, len(images), batch):
+        x = np.stack([preprocess(img, manifest.preprocessing) for img in images[start : start + batch]])
+        (logits,) = session.run([manifest.logits_output], {manifest.input.name: x})
+        predictions.append(logits.argmax(axis=1))
+    return np.concatenate(predictions)
+
+
+def measure_bundle(bundle_dir: str | Path, seed: int = 7919, copies: int = 4) -> HeldOutAccuracy:
+    """Per-polarity accuracy on `copies` held-out pages per test digit, and on the plain test digits."""
+    bundle_dir = Path(bundle_dir)
+    manifest = Manifest.load(bundle_dir)
+    held = held_out_set(seed=seed, copies=copies)
+    pages = _predict(bundle_dir, manifest, [Image.fromarray(a) for a in held.images])
+    plain = _predict(bundle_dir, manifest, [Image.fromarray(a) for a in held.sklearn_test])
+    labels = np.asarray([int(manifest.labels[i]) for i in range(len(manifest.labels))])
+    correct = labels[pages] == held.targets
+    return HeldOutAccuracy(
+        dark_on_light=float(correct[~held.light_on_dark].mean()),
+        light_on_dark=float(correct[held.light_on_dark].mean()),
+        sklearn_test=float((labels[plain] == held.sklearn_test_targets).mean()),
+        pages=int((~held.light_on_dark).sum()),
+        sklearn_digits=len(held.sklearn_test_targets),
+    )
