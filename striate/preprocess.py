@@ -21,6 +21,8 @@ _RESAMPLE = {
 }
 
 DEFAULT_MAX_PIXELS = 40_000_000
+# File suffixes read as images wherever a folder is scanned (training data, bulk embeddings).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 # `decode_image` enforces its own pixel limit before decoding; Pillow's warning (process-wide, and
 # `warnings.catch_warnings` is not thread-safe) would only add noise.

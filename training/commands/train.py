@@ -10,8 +10,8 @@ import argparse
 from typing import Any
 
 from ..config import TrainConfig
-from .common import add_recipe_arguments, explicit_options, flag, print_result, report_hook
 from ..data.sources import DATA_NAMES
+from .common import add_recipe_arguments, explicit_options, flag, print_result, report_hook
 
 D = TrainConfig.default
 

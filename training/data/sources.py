@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from striate.errors import StriateError
+from striate.preprocess import IMAGE_EXTENSIONS as IMG_EXTENSIONS
 from striate.preprocess import ImageDecodeError, decode_image
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 SHAPE_CLASSES = ("circle", "square", "triangle")
 HANDWRITTEN_DIGITS = "digits-handwritten"  # scikit-learn's and font digits on paper (training.data.handwriting)
