@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import json
 import os
 import shutil
 import socket
@@ -107,6 +108,62 @@ def build_bundle(
     out = Path(root) / name / str(version)
     shutil.copytree(_exported(name, version, color_mode, tuple(size), num_classes, seed), out)
     return out
+
+
+def as_first_layout(bundle, seed: int) -> None:
+    """Rewrite an exported tiny bundle the way Striate's first exporter wrote it: explain.onnx takes
+    one `target` per image (-1: the predicted class) and returns Grad-CAM as `cam` [N, h, w], and the
+    manifest's explain section has the first layout's keys."""
+    import torch
+    from torch import nn
+
+    net = tiny_net(1, 10, seed)
+
+    class FirstLayout(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, target):
+            fmap = self.net.forward_features(x)
+            logits = self.net.head.fc(fmap.mean(dim=(2, 3)))
+            target = torch.where(target < 0, logits.argmax(dim=1), target)
+            cam = torch.relu((self.net.head.fc.weight[target][:, :, None, None] * fmap).sum(dim=1))
+            cam = cam - cam.amin(dim=(1, 2), keepdim=True)
+            return logits, cam / (cam.amax(dim=(1, 2), keepdim=True) + 1e-7)
+
+    names = ["image", "target", "logits", "cam"]
+    with torch.no_grad():
+        torch.onnx.export(
+            FirstLayout().eval(),
+            (torch.randn(2, 1, 8, 8), torch.tensor([-1, 1])),
+            str(bundle / "explain.onnx"),
+            input_names=names[:2],
+            output_names=names[2:],
+            dynamic_axes={n: {0: "batch"} for n in names},
+            dynamo=False,
+            opset_version=17,
+        )
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["explain"] = {
+        "method": "gradcam",
+        "graph": "explain.onnx",
+        "target_layer": "s2",
+        "target_input": "target",
+        "cam_output": "cam",
+        "logits_output": "logits",
+        "resolution": "feature",
+        "cam_shape": [4, 4],
+    }
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def without_gradient_graph(bundle) -> None:
+    """A bundle whose head could not be differentiated: no explain.onnx, forward methods only."""
+    (bundle / "explain.onnx").unlink()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["explain"] |= {"graph": None, "cam_outputs": {}, "parity": []}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
 
 
 def build_model_dir(root: Path, with_default: bool = True) -> Path:

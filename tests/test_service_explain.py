@@ -17,7 +17,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from service_fixtures import DEFAULT_BUNDLE, REPO, build_bundle, digits_png_bytes, make_settings, run_server
+from service_fixtures import (
+    DEFAULT_BUNDLE,
+    REPO,
+    as_first_layout,
+    build_bundle,
+    digits_png_bytes,
+    make_settings,
+    run_server,
+    without_gradient_graph,
+)
 
 from striate.explain.methods import GRADIENT_METHODS, METHODS
 from striate.manifest import Manifest
@@ -31,8 +40,8 @@ pytestmark = pytest.mark.skipif(not (DEFAULT_BUNDLE / "manifest.json").exists(),
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("explain-models")
-    build_bundle(root, "tiny", 1, seed=0)
-    build_bundle(root, "plain", 1, seed=3, with_explain=False)
+    as_first_layout(build_bundle(root, "tiny", 1, seed=0), seed=0)
+    without_gradient_graph(build_bundle(root, "plain", 1, seed=3))
     shutil.copytree(DEFAULT_BUNDLE, root / "digits" / "1")
     return root
 

@@ -17,7 +17,7 @@ from service.explain import explain as run_explain
 from service.explain import parse_query
 from service.inference import softmax, top_k
 from service.render import heatmap_png, overlay_png
-from service.routes.common import NPY, header_value, model_post, png_response, prediction_headers
+from service.routes.common import NPY, error_responses, header_value, model_post, png_response, prediction_headers
 from service.routes.features import npy_bytes
 from service.schemas import ExplainResponse
 from striate.explain.methods import METHODS
@@ -26,7 +26,10 @@ from striate.explain.scores import SCORES
 router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[ApiKey])
 
 ExplainFormat = Literal["json", "png", "overlay", "npy"]
-ERRORS = {422: {"description": "unknown method or class, method not available, too many targets or passes"}}
+ERRORS = {
+    422: error_responses(422)[422]
+    | {"description": "unknown method or class, method not available, too many targets or passes"}
+}
 
 
 @model_post(

@@ -24,16 +24,16 @@ from service.errors import BadRequest
 from service.explain import explain as run_explain
 from service.explain import parse_query
 from service.oip import decompress, encode_response, parse_request
+from service.routes.common import error_responses, model_route
+from service.routes.v2 import INFER_BODY, INFER_RESPONSES
 from service.tensors import check_inputs
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"], dependencies=[ApiKey])
 
 EXTENSION = "explain"
 OUTPUTS = ("cam", "explained", "logits", "score")
-ERRORS = {
-    400: {"description": 'a malformed request: {"error": "..."}'},
-    422: {"description": 'unknown method or class, method not available, too many targets or passes: {"error": "..."}'},
-}
+# As infer's, plus 422: a method or class the model lacks, or over a targets/passes limit.
+RESPONSES = INFER_RESPONSES | error_responses(422, v2=True)
 
 
 def _targets(value) -> str | None:
@@ -58,13 +58,16 @@ def _str_or_none(name: str, value) -> str | None:
     return value
 
 
-@router.post(
-    "/models/{name}/explain",
+@model_route(
+    router,
+    "post",
+    "/explain",
     summary="explanations with infer's request and response (Triton binary data included)",
     description=__doc__.split("\n\n", 1)[1],
-    responses=ERRORS,
+    openapi_extra=INFER_BODY,
+    responses=RESPONSES,
+    response_class=Response,
 )
-@router.post("/models/{name}/versions/{version}/explain", summary="explanations, one version", responses=ERRORS)
 async def explain(model: ModelDep, request: Request, settings: SettingsDep, inference: InferenceDep) -> Response:
     body = decompress(await request.body(), request.headers.get("content-encoding"), settings.max_body_bytes)
     req = parse_request(body, request.headers.get("inference-header-content-length"))
