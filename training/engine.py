@@ -111,7 +111,7 @@ def train_one_epoch(
         step += 1
         n = targets.shape[0]
         seen += n
-        loss_sum += loss.detach().double() * n
+        loss_sum += loss.detach() * n
         correct += (logits.detach().argmax(1) == targets).sum()
         if progress and i % 20 == 19:
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
