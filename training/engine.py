@@ -41,7 +41,7 @@ from .recipe import Precision, deterministic_algorithms, make_batch_mixer, make_
 from .resume import check_resumable, check_same_classes, load_resumable
 from .run_dir import RunDir
 
-__all__ = ["TrainResult", "Trainer", "fit_and_leave", "lr_at", "open_run", "train", "train_one_epoch"]
+__all__ = ["TrainResult", "Trainer", "fit_and_leave", "lr_at", "open_run", "run_training", "train", "train_one_epoch"]
 
 EpochHook = Callable[[dict[str, Any]], None]
 ReportHook = Callable[[Path], None]
@@ -111,7 +111,7 @@ def train_one_epoch(
         step += 1
         n = targets.shape[0]
         seen += n
-        loss_sum += loss.detach().double() * n
+        loss_sum += loss.detach() * n
         correct += (logits.detach().argmax(1) == targets).sum()
         if progress and i % 20 == 19:
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
@@ -347,6 +347,32 @@ def fit_and_leave(trainer: Trainer) -> TrainResult:
         dist_utils.cleanup()
 
 
+PartsBuilder = Callable[[Any, DataSplits, dist_utils.DistInfo, Checkpoint | None], TrainParts]
+
+
+def run_training(
+    config: TrainConfig,
+    resume: str | Path | Checkpoint | None,
+    kind: str,
+    make_data: Callable[[Any], DataSplits],
+    make_parts: PartsBuilder,
+    data: DataSplits | None = None,
+    progress: bool = True,
+    on_epoch_end: EpochHook | None = None,
+    report: ReportHook | None = None,
+) -> TrainResult:
+    """Open the run, build its data and parts (`make_data`, `make_parts`), train them, leave."""
+    opened = open_run(config, resume, kind)
+    data = data if data is not None else make_data(opened.config)
+    if opened.resume is not None:
+        check_same_classes(opened.resume, data.classes)
+    parts = make_parts(opened.config, data, opened.info, opened.resume)
+    trainer = Trainer(opened.config, data, parts, opened.info, opened.run, progress, on_epoch_end, report)
+    if opened.resume is not None:
+        trainer.restore(opened.resume)
+    return fit_and_leave(trainer)
+
+
 def train(
     config: TrainConfig,
     resume: str | Path | Checkpoint | None = None,
@@ -357,12 +383,4 @@ def train(
 ) -> TrainResult:
     """Train a run described by `config` (or continue the run at `resume`) and return its result."""
     model_entry(config.arch)  # an unknown architecture fails before any data is read
-    opened = open_run(config, resume, "train")
-    data = data if data is not None else build_data(opened.config)
-    if opened.resume is not None:
-        check_same_classes(opened.resume, data.classes)
-    parts = scratch_parts(opened.config, data, opened.info, opened.resume)
-    trainer = Trainer(opened.config, data, parts, opened.info, opened.run, progress, on_epoch_end, report)
-    if opened.resume is not None:
-        trainer.restore(opened.resume)
-    return fit_and_leave(trainer)
+    return run_training(config, resume, "train", build_data, scratch_parts, data, progress, on_epoch_end, report)

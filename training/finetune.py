@@ -30,11 +30,10 @@ from .checkpoint import Checkpoint, current_versions, save_checkpoint
 from .config import TrainConfig
 from .data.datasets import DataSplits, build_data
 from .data.transforms import fixed_size_spec
-from .engine import ReportHook, Trainer, TrainResult, fit_and_leave, open_run
+from .engine import ReportHook, TrainResult, run_training
 from .models import StriateModel, create_model
 from .models.backbones import backbone_preprocessing, imagenet_labels, resolve_backbone_name
 from .parts import TrainParts, assemble, make_optimizer, resumed_model, seed_everything
-from .resume import check_same_classes
 
 Mode = Literal["probe", "mlp", "finetune"]
 MODES = ("probe", "mlp", "finetune")
@@ -221,15 +220,7 @@ def finetune(
 ) -> TrainResult:
     """Fine-tune / probe `config.arch` on `config.data`; returns the engine's TrainResult."""
     config = replace(config, arch=resolve_backbone_name(config.arch))
-    opened = open_run(config, resume, "finetune")
-    data = data if data is not None else build_finetune_data(opened.config)  # type: ignore[arg-type]
-    if opened.resume is not None:
-        check_same_classes(opened.resume, data.classes)
-    parts = finetune_parts(opened.config, data, opened.info, opened.resume)  # type: ignore[arg-type]
-    trainer = Trainer(opened.config, data, parts, opened.info, opened.run, progress, report=report)
-    if opened.resume is not None:
-        trainer.restore(opened.resume)
-    return fit_and_leave(trainer)
+    return run_training(config, resume, "finetune", build_finetune_data, finetune_parts, data, progress, report=report)
 
 
 # ----------------------------------------------------------------------------------- pretrained

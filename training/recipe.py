@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -84,9 +85,14 @@ class Precision:
 
 @contextlib.contextmanager
 def deterministic_algorithms(on: bool) -> Iterator[None]:
-    """torch.use_deterministic_algorithms(True) inside the block when `on`; the previous setting after."""
+    """torch.use_deterministic_algorithms(True) inside the block when `on`; the previous setting after.
+
+    cuBLAS needs CUBLAS_WORKSPACE_CONFIG for deterministic matmuls; it is set (unless already set)
+    before the first CUDA matmul of the run, which is when cuBLAS reads it.
+    """
     before = torch.are_deterministic_algorithms_enabled()
     if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     try:
         yield
