@@ -207,3 +207,41 @@ def _wait(condition, limit_s: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("the condition never came true")
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("config", "served"),
+    [
+        (None, [1, 2, 5]),
+        ({"version_policy": {"all": {}}}, [1, 2, 5]),
+        ({"version_policy": {"latest": {"num_versions": 2}}}, [2, 5]),
+        ({"version_policy": {"latest": {}}}, [5]),
+        ({"version_policy": {"specific": {"versions": [1, 3]}}}, [1]),
+    ],
+)
+def test_version_policy_selects(tmp_path, config, served):
+    from service.policy import load_config
+
+    if config is not None:
+        (tmp_path / "config.json").write_text(json.dumps(config))
+    assert load_config(tmp_path).version_policy.select([5, 1, 2]) == served
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("{", "not valid JSON"),
+        ('{"version_policy": {}}', "exactly one of all, latest, specific"),
+        ('{"version_policy": {"all": {}, "latest": {}}}', "exactly one"),
+        ('{"version_policy": {"latest": {"num_versions": 0}}}', "num_versions"),
+        ('{"version_policy": {"specific": {"versions": []}}}', "versions"),
+        ('{"versions": 1}', "versions"),
+    ],
+)
+def test_bad_version_policy_says_what_is_wrong(tmp_path, text, words):
+    from service.policy import load_config
+
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=r"config\.json") as info:
+        load_config(tmp_path)
+    assert words in str(info.value)
