@@ -245,3 +245,17 @@ def test_bad_version_policy_says_what_is_wrong(tmp_path, text, words):
     with pytest.raises(ValueError, match=r"config\.json") as info:
         load_config(tmp_path)
     assert words in str(info.value)
+
+
+def test_explicit_startup_models(model_dir, tmp_path):
+    """Like Triton's --load-model: in explicit mode only the named models load at start-up."""
+    root = tmp_path / "repo"
+    place(model_dir, root, "m", 1)
+    place(model_dir, root, "n", 1)
+    with run_server(make_settings(root, model_control="explicit", startup_models="n")) as url:
+        triton = tritonhttp.InferenceServerClient(url[len("http://") :])
+        assert triton.is_model_ready("n") and not triton.is_model_ready("m")
+        assert {"name": "m", "state": "UNAVAILABLE", "reason": "not loaded"} in triton.get_model_repository_index()
+        triton.load_model("m")
+        assert triton.is_model_ready("m")
+        triton.close()
