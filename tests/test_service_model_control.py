@@ -259,3 +259,29 @@ def test_explicit_startup_models(model_dir, tmp_path):
         triton.load_model("m")
         assert triton.is_model_ready("m")
         triton.close()
+
+
+def test_a_request_held_past_the_drain_grace_gets_a_503_not_a_hang(model_dir, tmp_path):
+    import numpy as np
+
+    from service.errors import Overloaded
+    from service.metrics import Metrics
+    from service.repository import Repository
+
+    root = tmp_path / "repo"
+    place(model_dir, root, "m", 1)
+
+    async def scenario() -> None:
+        repo = Repository(make_settings(root, model_control="explicit", drain_grace=0.01), Metrics())
+        repo.load()
+        await repo.start()
+        model = repo.get("m")
+        with model.lease():
+            await repo.unload("m")  # the grace passes with the lease still held: closed anyway
+            spec = model.manifest.input
+            image = np.zeros((1, spec.channels, spec.height, spec.width), np.float32)
+            with pytest.raises(Overloaded, match="unloaded"):
+                await model.batcher.submit({spec.name: image}, ["logits"])
+        await repo.close()
+
+    asyncio.run(scenario())
