@@ -65,6 +65,7 @@ class Batcher:
         self._incoming = 0  # announced requests not yet submitted
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._closed = False
         self.recent_run_s = 1.0  # moving average of run time (the repository seeds it at warm-up)
 
     @property
@@ -80,6 +81,7 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._closed = True
         for job in [*self._running, *self._jobs]:
             if not job.future.done():
                 job.future.set_exception(Overloaded("the server is shutting down"))
@@ -111,6 +113,8 @@ class Batcher:
         """Queue tensors with a leading batch axis; returns this request's slice of each output."""
         if self._task is None:
             raise RuntimeError("batcher not started")
+        if self._closed:  # a version unloaded while this request held it past the drain grace
+            raise Overloaded("this model version was unloaded; retry", headers={"Retry-After": "1"})
         self._withdraw(ticket)
         size = len(next(iter(feeds.values())))
         if self._queued and self._queued + size > self.max_queue:

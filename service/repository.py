@@ -118,9 +118,20 @@ class Repository:
         providers_for(self.settings.device)  # a device that cannot be had fails start-up, not each bundle
         if not self.root.is_dir():
             log.warning("model dir %s does not exist: serving no models", self.root)
-        for name in self.model_names():
+        for name in self.startup_names():
             self._apply(self._plan(name, retry_failed=True))
         self._count()
+
+    def startup_names(self) -> list[str]:
+        """Every model, or in explicit mode those STRIATE_STARTUP_MODELS names (Triton's --load-model)."""
+        names, wanted = self.model_names(), self.settings.startup_models.strip()
+        if self.settings.model_control != "explicit" or wanted == "*":
+            return names
+        chosen = {n.strip() for n in wanted.split(",") if n.strip()}
+        missing = sorted(chosen - set(names))
+        if missing:
+            log.warning("STRIATE_STARTUP_MODELS names models not in %s: %s", self.root, missing)
+        return [n for n in names if n in chosen]
 
     def _plan(self, name: str, retry_failed: bool) -> _Plan:
         """Rescan one model folder and open what is new or changed (blocking)."""

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
         description="none: load at start-up only; poll: rescan every poll_interval seconds; "
         "explicit: load and unload through POST /v2/repository/...",
     )
+    startup_models: str = Field(
+        "*",
+        description="with model_control=explicit: models loaded at start-up, comma-separated ('*': all, '': none)",
+    )
     poll_interval: float = Field(5.0, gt=0, description="seconds between rescans with model_control=poll")
     drain_grace: float = Field(  # below docker compose's stop_grace_period (20 s) and Kubernetes' 30 s
         15.0, ge=0, description="seconds requests in flight get to finish (SIGTERM, unload, swap)"

@@ -132,13 +132,50 @@ def test_sigterm_answers_every_request_received_then_exits_0(small_repo):
     files = [("files", (f"{i}.png", _png(rng), "image/png")) for i in range(IMAGES)]
     encoded = httpx.Request("POST", "http://x/", files=files)  # one multipart body (~1.7 MB), sent by all
     body, content_type = encoded.read(), encoded.headers["content-type"]
-    answered = refused = 0
+    answered = refused = drained_probes = 0
     for round_ in range(ROUNDS):
         outcomes, ready_seen, code, err = _round(small_repo, round_, body, content_type)
         bad = [o for o in outcomes if o not in (200, "refused")]
         assert not bad and len(outcomes) == CLIENTS, (round_, bad, err[-3000:])
         assert code == 0, (round_, code, err[-3000:])
-        assert 503 in ready_seen and ready_seen[-1] == 503, (round_, ready_seen[-5:])
+        if 503 in ready_seen:  # never ready again once it said no
+            assert set(ready_seen[ready_seen.index(503) :]) == {503}, (round_, ready_seen[-5:])
+            drained_probes += 1
         answered += outcomes.count(200)
         refused += outcomes.count("refused")
     assert answered >= ROUNDS, (answered, refused)  # the signal did come with requests in flight
+    # The prober sees the 503 unless its own request was under way at the signal (then its connection
+    # closes after that answer): in most rounds, not all.
+    assert drained_probes >= 1, drained_probes
+
+
+def test_draining_turns_readiness_503_and_closes_connections(model_dir):
+    """What SIGTERM flips first (service/server.py sets it in the signal handler), seen on an open
+    keep-alive connection: readiness says no, with `Connection: close`; the models still answer."""
+    import uvicorn
+    from service_fixtures import digits_png_bytes, make_settings
+
+    from service.app import create_app
+
+    app = create_app(make_settings(model_dir))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
+            assert c.get("/readyz").status_code == 200
+            app.state.draining = True
+            r = c.post("/v1/models/tiny/classify", content=digits_png_bytes(0), headers={"content-type": "image/png"})
+            assert r.status_code == 200
+            for path in ("/readyz", "/v2/health/ready"):
+                r = c.get(path)
+                assert r.status_code == 503 and r.headers["connection"] == "close", (path, r.headers)
+                assert "shutting down" in str(r.json()["error"])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

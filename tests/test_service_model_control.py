@@ -207,3 +207,81 @@ def _wait(condition, limit_s: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("the condition never came true")
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("config", "served"),
+    [
+        (None, [1, 2, 5]),
+        ({"version_policy": {"all": {}}}, [1, 2, 5]),
+        ({"version_policy": {"latest": {"num_versions": 2}}}, [2, 5]),
+        ({"version_policy": {"latest": {}}}, [5]),
+        ({"version_policy": {"specific": {"versions": [1, 3]}}}, [1]),
+    ],
+)
+def test_version_policy_selects(tmp_path, config, served):
+    from service.policy import load_config
+
+    if config is not None:
+        (tmp_path / "config.json").write_text(json.dumps(config))
+    assert load_config(tmp_path).version_policy.select([5, 1, 2]) == served
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("{", "not valid JSON"),
+        ('{"version_policy": {}}', "exactly one of all, latest, specific"),
+        ('{"version_policy": {"all": {}, "latest": {}}}', "exactly one"),
+        ('{"version_policy": {"latest": {"num_versions": 0}}}', "num_versions"),
+        ('{"version_policy": {"specific": {"versions": []}}}', "versions"),
+        ('{"versions": 1}', "versions"),
+    ],
+)
+def test_bad_version_policy_says_what_is_wrong(tmp_path, text, words):
+    from service.policy import load_config
+
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=r"config\.json") as info:
+        load_config(tmp_path)
+    assert words in str(info.value)
+
+
+def test_explicit_startup_models(model_dir, tmp_path):
+    """Like Triton's --load-model: in explicit mode only the named models load at start-up."""
+    root = tmp_path / "repo"
+    place(model_dir, root, "m", 1)
+    place(model_dir, root, "n", 1)
+    with run_server(make_settings(root, model_control="explicit", startup_models="n")) as url:
+        triton = tritonhttp.InferenceServerClient(url[len("http://") :])
+        assert triton.is_model_ready("n") and not triton.is_model_ready("m")
+        assert {"name": "m", "state": "UNAVAILABLE", "reason": "not loaded"} in triton.get_model_repository_index()
+        triton.load_model("m")
+        assert triton.is_model_ready("m")
+        triton.close()
+
+
+def test_a_request_held_past_the_drain_grace_gets_a_503_not_a_hang(model_dir, tmp_path):
+    import numpy as np
+
+    from service.errors import Overloaded
+    from service.metrics import Metrics
+    from service.repository import Repository
+
+    root = tmp_path / "repo"
+    place(model_dir, root, "m", 1)
+
+    async def scenario() -> None:
+        repo = Repository(make_settings(root, model_control="explicit", drain_grace=0.01), Metrics())
+        repo.load()
+        await repo.start()
+        model = repo.get("m")
+        with model.lease():
+            await repo.unload("m")  # the grace passes with the lease still held: closed anyway
+            spec = model.manifest.input
+            image = np.zeros((1, spec.channels, spec.height, spec.width), np.float32)
+            with pytest.raises(Overloaded, match="unloaded"):
+                await model.batcher.submit({spec.name: image}, ["logits"])
+        await repo.close()
+
+    asyncio.run(scenario())

@@ -27,6 +27,12 @@ CONFIG = """
 # failed or a request in a mode that does not allow it (409).
 expected-statuses = [200, 400, 404, 409, 422]
 
+[[operations]]
+# Readiness answers its documented 503 whenever no model serves (the run may unload them all).
+include-path = ["/readyz", "/v2/health/ready"]
+checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "503"]
+checks.positive_data_acceptance.expected-statuses = [200, 503]
+
 [dictionaries.models]
 values = {models}
 

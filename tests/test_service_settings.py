@@ -43,6 +43,7 @@ ENVIRONMENT = {
     "max_images": ("2", 2),
     # Settings of the model-control and explanation work (checked wherever the service has them).
     "model_control": ("poll", "poll"),
+    "startup_models": ("digits,tiny", "digits,tiny"),
     "poll_interval": ("0.5", 0.5),
     "drain_grace": ("2.5", 2.5),
     "max_explain_targets": ("3", 3),
@@ -52,6 +53,7 @@ ENVIRONMENT = {
     "port": ("9123", 9123),
     "log_level": ("debug", "debug"),
     "model_control": ("poll", "poll"),
+    "startup_models": ("digits,tiny", "digits,tiny"),
     "poll_interval": ("2.5", 2.5),
     "drain_grace": ("3", 3.0),
     "max_explain_targets": ("4", 4),
