@@ -114,7 +114,7 @@ def torch_model(bundle: Path):
     return create_model("resnet18", num_classes=10, in_chans=3, input_size=224).eval()
 
 
-def cost(bundle: Path, repeats: int) -> dict:
+def cost(bundle: Path, repeats: int, gradient_only: bool = False) -> dict:
     import pytorch_grad_cam
     import torch
     from pytorch_grad_cam import ScoreCAM
@@ -157,6 +157,8 @@ def cost(bundle: Path, repeats: int) -> dict:
             "pytorch_grad_cam_ms": 1000 * theirs,
             "speedup_vs_pytorch_grad_cam": theirs / ours,
         }
+    if gradient_only:
+        return rows
     maps = model_s.run([ex.map_output], {"image": x})[0][0]
 
     def logits_fn(batch: np.ndarray) -> np.ndarray:
@@ -247,6 +249,7 @@ def photos(bundle: Path) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--gradient-cost-only", action="store_true", help="only the gradient methods' cost table")
     args = parser.parse_args()
     repeats = 10 if args.quick else 40
     from threadpoolctl import threadpool_limits
@@ -256,7 +259,7 @@ def main() -> None:
     results: dict = {"cost": {}, "faithfulness": {}}
     with threadpool_limits(1):
         for name, bundle in (("resnet18-224", resnet18_bundle()), ("digits", DEFAULT_BUNDLE)):
-            results["cost"][name] = row = cost(bundle, repeats)
+            results["cost"][name] = row = cost(bundle, repeats, args.gradient_cost_only)
             print(f"\n{name}: classify {row['classify_ms']:.2f} ms")
             for method, r in row["methods"].items():
                 extra = ""
@@ -266,8 +269,12 @@ def main() -> None:
                 print(f"  {method:10s} {r['explain_ms']:9.2f} ms  {r['vs_classify']:7.2f}x classify{extra}")
         methods = list(METHODS)
         sets = (
-            ("digits test split", DEFAULT_BUNDLE, digits_images(10 if args.quick else 40)),
-            ("skimage photos, EfficientNet-Lite0", lite0_bundle(), None),
+            ()
+            if args.gradient_cost_only
+            else (
+                ("digits test split", DEFAULT_BUNDLE, digits_images(10 if args.quick else 40)),
+                ("skimage photos, EfficientNet-Lite0", lite0_bundle(), None),
+            )
         )
         for title, bundle, images in sets:
             images = photos(bundle) if images is None else images
@@ -275,9 +282,10 @@ def main() -> None:
             print(f"\n{title} ({len(images)} images): ROAD (higher better), deletion (lower), insertion (higher)")
             for method, s in table.items():
                 print(f"  {method:10s} {s['road']:+.3f}  {s['deletion']:.3f}  {s['insertion']:.3f}")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {OUT}")
+    out = OUT.with_name("explain_gradient_cost.json") if args.gradient_cost_only else OUT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":
