@@ -44,8 +44,21 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _median_s(fn, repeats: int) -> float:
-    fn()  # warm-up
+def _interleaved_s(first, second, repeats: int) -> tuple[float, float]:
+    """Medians of `first` and `second` timed alternately (a loaded machine slows both alike)."""
+    first(), second()  # warm-up
+    a, b = [], []
+    for _ in range(repeats):
+        for fn, times in ((first, a), (second, b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(a), statistics.median(b)
+
+
+def _median_s(fn, repeats: int, warm_up: bool = True) -> float:
+    if warm_up:
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -101,7 +114,7 @@ def torch_model(bundle: Path):
     return create_model("resnet18", num_classes=10, in_chans=3, input_size=224).eval()
 
 
-def cost(bundle: Path, repeats: int) -> dict:
+def cost(bundle: Path, repeats: int, gradient_only: bool = False) -> dict:
     import pytorch_grad_cam
     import torch
     from pytorch_grad_cam import ScoreCAM
@@ -129,7 +142,11 @@ def cost(bundle: Path, repeats: int) -> dict:
     for method in ex.gradient_methods:
         feeds = {"image": x, ex.targets_input: np.array([[-1]])}
         wanted = [ex.logits_output, ex.explained_output, ex.cam_outputs[method]]
-        ours = _median_s(lambda f=feeds, w=wanted: explain_s.run(w, f), repeats)
+        classify, ours = _interleaved_s(
+            lambda: model_s.run([m.logits_output], {"image": x}),
+            lambda f=feeds, w=wanted: explain_s.run(w, f),
+            repeats,
+        )
         cls = getattr(pytorch_grad_cam, METHODS[method].package_class)
         explainer = cls(model, [layer])
         theirs = _median_s(lambda e=explainer: e(xt, [ClassifierOutputTarget(target)]), max(3, repeats // 3))
@@ -140,18 +157,22 @@ def cost(bundle: Path, repeats: int) -> dict:
             "pytorch_grad_cam_ms": 1000 * theirs,
             "speedup_vs_pytorch_grad_cam": theirs / ours,
         }
+    if gradient_only:
+        return rows
     maps = model_s.run([ex.map_output], {"image": x})[0][0]
 
     def logits_fn(batch: np.ndarray) -> np.ndarray:
         return model_s.run([m.logits_output], {"image": batch})[0]
 
     t = np.array([target])
-    few = max(1, repeats // 10)
-    ours = _median_s(lambda: run_passes(forward.score_cam(x[0], maps, t), logits_fn, chunk=32), few)
+    heavy = x.shape[-1] >= 128  # hundreds of full-size passes: one timed run each
+    few, warm = (1, False) if heavy else (max(3, repeats // 5), True)
+    ours = _median_s(lambda: run_passes(forward.score_cam(x[0], maps, t), logits_fn, chunk=32), few, warm)
     explainer = ScoreCAM(model, [layer])
     explainer.batch_size = 32
-    theirs = _median_s(lambda: explainer(xt, [ClassifierOutputTarget(target)]), few)
+    theirs = _median_s(lambda: explainer(xt, [ClassifierOutputTarget(target)]), few, warm)
     explainer.activations_and_grads.release()
+    rows["scorecam_passes"] = forward.score_cam(x[0], maps, t).count
     rows["methods"]["scorecam"] = {
         "explain_ms": 1000 * (ours + classify),
         "vs_classify": (ours + classify) / classify,
@@ -162,7 +183,7 @@ def cost(bundle: Path, repeats: int) -> dict:
         ("occlusion", lambda: forward.occlusion(x[0], t)),
         ("rise", lambda: forward.rise(x[0], t)),
     ):
-        took = _median_s(lambda mk=make: run_passes(mk(), logits_fn, chunk=32), few)
+        took = _median_s(lambda mk=make: run_passes(mk(), logits_fn, chunk=32), few, warm)
         rows["methods"][method] = {"explain_ms": 1000 * (took + classify), "vs_classify": took / classify + 1}
     took = _median_s(lambda: forward.eigen_cam(maps, 1), repeats)
     rows["methods"]["eigencam"] = {"explain_ms": 1000 * (took + classify), "vs_classify": took / classify + 1}
@@ -228,6 +249,7 @@ def photos(bundle: Path) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--gradient-cost-only", action="store_true", help="only the gradient methods' cost table")
     args = parser.parse_args()
     repeats = 10 if args.quick else 40
     from threadpoolctl import threadpool_limits
@@ -237,7 +259,7 @@ def main() -> None:
     results: dict = {"cost": {}, "faithfulness": {}}
     with threadpool_limits(1):
         for name, bundle in (("resnet18-224", resnet18_bundle()), ("digits", DEFAULT_BUNDLE)):
-            results["cost"][name] = row = cost(bundle, repeats)
+            results["cost"][name] = row = cost(bundle, repeats, args.gradient_cost_only)
             print(f"\n{name}: classify {row['classify_ms']:.2f} ms")
             for method, r in row["methods"].items():
                 extra = ""
@@ -247,8 +269,12 @@ def main() -> None:
                 print(f"  {method:10s} {r['explain_ms']:9.2f} ms  {r['vs_classify']:7.2f}x classify{extra}")
         methods = list(METHODS)
         sets = (
-            ("digits test split", DEFAULT_BUNDLE, digits_images(8 if args.quick else 40)),
-            ("skimage photos, EfficientNet-Lite0", lite0_bundle(), None),
+            ()
+            if args.gradient_cost_only
+            else (
+                ("digits test split", DEFAULT_BUNDLE, digits_images(10 if args.quick else 40)),
+                ("skimage photos, EfficientNet-Lite0", lite0_bundle(), None),
+            )
         )
         for title, bundle, images in sets:
             images = photos(bundle) if images is None else images
@@ -256,9 +282,10 @@ def main() -> None:
             print(f"\n{title} ({len(images)} images): ROAD (higher better), deletion (lower), insertion (higher)")
             for method, s in table.items():
                 print(f"  {method:10s} {s['road']:+.3f}  {s['deletion']:.3f}  {s['insertion']:.3f}")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {OUT}")
+    out = OUT.with_name("explain_gradient_cost.json") if args.gradient_cost_only else OUT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

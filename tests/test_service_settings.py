@@ -52,12 +52,6 @@ ENVIRONMENT = {
     "host": ("0.0.0.0", "0.0.0.0"),
     "port": ("9123", 9123),
     "log_level": ("debug", "debug"),
-    "model_control": ("poll", "poll"),
-    "startup_models": ("digits,tiny", "digits,tiny"),
-    "poll_interval": ("2.5", 2.5),
-    "drain_grace": ("3", 3.0),
-    "max_explain_targets": ("4", 4),
-    "max_explain_passes": ("99", 99),
 }
 
 

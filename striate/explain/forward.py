@@ -47,22 +47,35 @@ def _torch_bilinear_align_corners(maps: np.ndarray, size: tuple[int, int]) -> np
 def score_cam(x: np.ndarray, activations: np.ndarray, targets: np.ndarray) -> Passes:
     """Score-CAM of `x` [C, H, W] from the target layer's `activations` [K, h, w]; maps [T, h, w].
 
-    The masks are made chunk by chunk (at 224 px, all of them at once would take ~100 MB).
+    A constant channel (a dead one, all zeros after ReLU, is common) masks the whole input to zero;
+    all of them share one pass instead of one each, which changes no number. The masks are made
+    chunk by chunk (at 224 px, all of them at once would take ~100 MB).
     """
     acts = activations.astype(np.float32)
+    flat = acts.reshape(len(acts), -1)
+    varying = np.flatnonzero(flat.max(axis=1) > flat.min(axis=1))
+    constant = len(varying) < len(acts)
 
     def make(a: int, b: int) -> np.ndarray:
-        up = _torch_bilinear_align_corners(acts[a:b], x.shape[1:])
+        channels = varying[a : min(b, len(varying))]
+        up = _torch_bilinear_align_corners(acts[channels], x.shape[1:])
         lo = up.min(axis=(1, 2), keepdims=True)
         hi = up.max(axis=(1, 2), keepdims=True)
-        return x[None] * ((up - lo) / (hi - lo + 1e-8))[:, None]
+        out = x[None] * ((up - lo) / (hi - lo + 1e-8))[:, None]
+        if b > len(varying):  # the last pass: the all-zero input of the constant channels
+            out = np.concatenate([out, np.zeros_like(x)[None]])
+        return out
 
     def finish(logits: np.ndarray) -> np.ndarray:
-        weights = softmax(logits[:, targets].T)  # [T, K]: softmax over channels of the target's logit
+        per_channel = np.empty((len(acts), logits.shape[1]), logits.dtype)
+        if constant:
+            per_channel[:] = logits[-1]
+        per_channel[varying] = logits[: len(varying)]
+        weights = softmax(per_channel[:, targets].T)  # [T, K]: softmax over channels of the target's logit
         cam = np.maximum(np.einsum("tk,khw->thw", weights, acts), 0.0)
         return scale_map(scale_map(cam))
 
-    return Passes(len(acts), make, finish)
+    return Passes(len(varying) + int(constant), make, finish)
 
 
 def eigen_cam(activations: np.ndarray, num_targets: int) -> np.ndarray:
