@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from service_fixtures import DEFAULT_BUNDLE, build_bundle, make_settings, run_server
@@ -33,6 +34,7 @@ def web_models(tmp_path_factory) -> Path:
     shutil.copytree(DEFAULT_BUNDLE, root / "digits" / "1")
     build_bundle(root, "photos", 1, color_mode="RGB", size=(32, 32), num_classes=3, seed=3)
     build_bundle(root, "photos", 2, color_mode="RGB", size=(32, 32), num_classes=3, seed=4)
+    build_bundle(root, "nograd", 1, with_explain=False)  # no explain graph: no gradient methods
     return root
 
 
@@ -199,5 +201,28 @@ def test_an_image_can_be_chosen_dropped_or_pasted(browser, site, how):  # noqa: 
     page.wait_for_function("document.getElementById('top1')?.textContent === '7'")
     assert page.locator("#preview").is_visible()
     settle(page)
+    assert watch.console_errors == []
+    page.close()
+
+
+def test_a_bundle_without_an_explain_graph_offers_only_what_it_can(browser, site):  # noqa: F811
+    detail = httpx.get(f"{site}/v1/models/nograd").json()
+    page, watch = open_page(browser, site)
+    page.select_option("#model", "nograd")
+    page.wait_for_function("document.getElementById('model-card').textContent.includes('nograd v1')")
+    offered = page.locator("#method option").all_inner_texts()
+    if detail["explain"] is None:  # before the explain contract: nothing to offer, and the page says so
+        assert offered == [] and page.locator("#method").is_disabled()
+        assert "no explanation methods" in page.locator("#explain-note").inner_text()
+        assert "No explanations" in page.locator("#model-card").inner_text()
+    else:  # under it: the gradient-free methods only
+        methods = detail["explain"]["methods"]
+        assert all(m["kind"] == "forward" for m in methods)
+        assert offered == [m.get("title") or m["name"] for m in methods]
+    page.click('.sample[data-file="digit-3-dark-on-light.png"]')
+    page.wait_for_selector("#top1")
+    settle(page)
+    assert page.locator("#overlay").is_visible() == bool(detail["explain"])  # no empty image frame
+    screenshot(page, "page-no-explain-graph.png")
     assert watch.console_errors == []
     page.close()
