@@ -226,3 +226,20 @@ def test_a_bundle_without_an_explain_graph_offers_only_what_it_can(browser, site
     screenshot(page, "page-no-explain-graph.png")
     assert watch.console_errors == []
     page.close()
+
+
+def test_a_file_that_is_not_an_image_gets_the_services_message_not_a_stale_answer(browser, site):  # noqa: F811
+    page, watch = open_page(browser, site)
+    pick_sample(page, "digit-3-dark-on-light.png")
+    page.set_input_files("#file", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image"}])
+    page.wait_for_selector("#banner:not([hidden])")
+    settle(page)
+    message = httpx.post(
+        f"{site}/v1/models/digits/classify", content=b"not an image", headers={"Content-Type": "image/png"}
+    ).json()["error"]["message"]
+    assert page.locator("#banner").inner_text() == message
+    assert page.locator("#top1").count() == 0 and "No answer" in page.locator("#prediction").inner_text()
+    assert not page.locator("#overlay").is_visible() and not page.locator("#activations").is_visible()
+    # The browser reports the refused request itself; nothing else may go wrong.
+    assert [e for e in watch.console_errors if "status of 400" not in e] == []
+    page.close()

@@ -143,7 +143,12 @@ async function analyze() {
   if (!state.detail || !state.image) return;
   const current = ticket("classify");
   const answer = await guarded(async () => (await postImage(path("/classify"), { top_k: Math.min(5, state.detail.labels.length) }, state.image)).json());
-  if (!answer || !current()) return;
+  if (!current()) return false;
+  if (!answer) {  // the banner says why; stale panels would show another image's answer
+    $("prediction").replaceChildren(el("p", { class: "muted", text: "No answer for this image." }));
+    $("overlay").hidden = $("activations").hidden = true;
+    return false;
+  }
   banner("");
   state.prediction = answer.results[0];
   renderBars($("prediction"), state.prediction);
