@@ -83,7 +83,7 @@ def main() -> None:
     # scikit-learn's digits: one as it ships (8x8, light on dark), one rendered on grey paper.
     bunch = load_digits()
     eight = digits_to_images(bunch.images)
-    add(Image.fromarray(eight[5]), "digit-5-sklearn-8x8.png", "5, scikit-learn 8x8", "digit", str(bunch.target[5]))
+    add(Image.fromarray(eight[46]), "digit-5-sklearn-8x8.png", "5, scikit-learn 8x8", "digit", str(bunch.target[46]))
     rng = np.random.default_rng(1)
     page = render_page(sklearn_glyph(eight[16], rng), rng, light_on_dark=False, size=96)
     add(Image.fromarray(page), "digit-6-on-paper.png", "6, scan on grey paper", "digit", str(bunch.target[16]))

@@ -115,3 +115,7 @@ def draw_strokes(page, selector: str, strokes: list[list[tuple[float, float]]]) 
         for x, y in stroke[1:]:
             page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=12)
         page.mouse.up()
+    # Each lifted stroke sends the drawing; wait until every panel shows the last one.
+    page.wait_for_function(
+        f"(p => p.dataset.emitted && p.dataset.read === p.dataset.emitted)(document.querySelector({selector!r}))"
+    )

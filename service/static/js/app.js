@@ -128,25 +128,32 @@ function fillLayers(detail) {
 
 // ---- the image -------------------------------------------------------------------------------
 
-async function setImage(blob, source) {
+async function setImage(blob, source, drawing = 0) {
   state.image = blob;
   document.body.dataset.source = source;
   if (source !== "pad") {
     showBlob($("preview"), "preview", blob);
     $("drop-hint").hidden = true;
   }
-  await analyze();
+  const shown = await analyze();
+  if (shown && drawing) $("pad").dataset.read = String(drawing); // every panel shows this drawing
 }
 
 async function analyze() {
   if (!state.detail || !state.image) return;
   const current = ticket("classify");
   const answer = await guarded(async () => (await postImage(path("/classify"), { top_k: Math.min(5, state.detail.labels.length) }, state.image)).json());
-  if (!answer || !current()) return;
+  if (!current()) return false;
+  if (!answer) {  // the banner says why; stale panels would show another image's answer
+    $("prediction").replaceChildren(el("p", { class: "muted", text: "No answer for this image." }));
+    $("overlay").hidden = $("activations").hidden = true;
+    return false;
+  }
   banner("");
   state.prediction = answer.results[0];
   renderBars($("prediction"), state.prediction);
   await Promise.all([explain(), activations()]);
+  return current();
 }
 
 async function explain() {
@@ -271,7 +278,7 @@ function wire() {
       setImage(file, "paste");
     }
   });
-  const pad = new DrawingPad($("pad"), { onDrawn: (blob) => setImage(blob, "pad"), penInput: $("pen"), invertInput: $("invert") });
+  const pad = new DrawingPad($("pad"), { onDrawn: (blob, n) => setImage(blob, "pad", n), penInput: $("pen"), invertInput: $("invert") });
   $("clear").addEventListener("click", () => pad.clear());
   $("method").addEventListener("change", explain);
   $("target").addEventListener("change", explain);

@@ -11,6 +11,7 @@ export class DrawingPad {
     this.drawing = false;
     this.inked = false;
     this.last = null;
+    this.emitted = 0; // drawings handed over; canvas.dataset.read says which one the panels show
     canvas.addEventListener("pointerdown", (e) => this.start(e));
     canvas.addEventListener("pointermove", (e) => this.move(e));
     canvas.addEventListener("pointerup", () => this.end());
@@ -78,6 +79,8 @@ export class DrawingPad {
   }
 
   emit() {
-    this.canvas.toBlob((blob) => blob && this.onDrawn(blob), "image/png");
+    const n = ++this.emitted;
+    this.canvas.dataset.emitted = String(n);
+    this.canvas.toBlob((blob) => blob && this.onDrawn(blob, n), "image/png");
   }
 }

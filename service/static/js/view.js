@@ -12,7 +12,7 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-const pct = (p) => `${(100 * p).toFixed(p >= 0.995 || p < 0.001 ? 1 : 1)}%`;
+const pct = (p) => `${(100 * p).toFixed(1)}%`;
 
 /** The gradient-free methods work on every bundle; before the explain contract, a bundle with an
  * explain graph offered Grad-CAM alone (its `explain` field has no `methods`). */
