@@ -295,3 +295,15 @@ def test_imagenet_bundle_served_over_http(tmp_path: Path) -> None:
         assert explanation["prediction"]["label"] in expected["coffee"]
         cam = np.asarray(explanation["cam"])
         assert cam.shape == (7, 7) and cam.max() == pytest.approx(1.0) and cam.min() >= 0.0
+
+
+def test_weights_file_of_pickled_objects_is_refused_without_suggesting_unsafe_loading(tmp_path: Path) -> None:
+    import pickle
+
+    pickled = tmp_path / "objects.pth"
+    pickled.write_bytes(pickle.dumps(Path("anything")))
+    with pytest.raises(StriateError) as info:
+        create_model("tv_resnet18", weights=str(pickled))
+    message = str(info.value)
+    assert "cannot read weights file" in message and "pickled Python objects" in message
+    assert "weights_only" not in message and "\n" not in message
