@@ -17,7 +17,7 @@ RUN_DIR=${RUN_DIR:-runs/digits-default-$(date +%Y%m%d-%H%M%S)}
 "$VENV/bin/striate" train \
   --arch resnet18 --base-width 16 --input-size 32 --color-mode L \
   --data digits-handwritten --data-seed 0 --seed 0 \
-  --epochs 8 --batch-size 128 --optimizer adamw --lr 3e-3 --weight-decay 0.05 --label-smoothing 0.05 \
+  --epochs 10 --batch-size 128 --optimizer adamw --lr 3e-3 --weight-decay 0.05 --label-smoothing 0.05 \
   --out "$RUN_DIR" "$@"
 mkdir -p checkpoints
 cp "$RUN_DIR/best.pt" checkpoints/digits_default.pt
