@@ -20,11 +20,3 @@ def repo_root() -> Path:
 
 # Fixtures for the service tests (bundles, a real uvicorn server on loopback).
 pytest_plugins = ["service_fixtures"]
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """Tests marked `needs_explain_methods` wait for issue 10's explain methods: skipped until the marker goes."""
-    skip = pytest.mark.skip(reason="needs a bundle with two or more explanation methods (issue 10)")
-    for item in items:
-        if "needs_explain_methods" in item.keywords:
-            item.add_marker(skip)

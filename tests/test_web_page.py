@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from service_fixtures import DEFAULT_BUNDLE, build_bundle, make_settings, run_server
+from service_fixtures import DEFAULT_BUNDLE, build_bundle, make_settings, run_server, without_gradient_graph
 from web_browser import browser, draw_strokes, image_pixels, open_page, screenshot, settle  # noqa: F401
 
 pytestmark = pytest.mark.skipif(
@@ -34,7 +34,7 @@ def web_models(tmp_path_factory) -> Path:
     shutil.copytree(DEFAULT_BUNDLE, root / "digits" / "1")
     build_bundle(root, "photos", 1, color_mode="RGB", size=(32, 32), num_classes=3, seed=3)
     build_bundle(root, "photos", 2, color_mode="RGB", size=(32, 32), num_classes=3, seed=4)
-    build_bundle(root, "nograd", 1, with_explain=False)  # no explain graph: no gradient methods
+    without_gradient_graph(build_bundle(root, "nograd", 1))  # no explain graph: no gradient methods
     return root
 
 
@@ -108,7 +108,6 @@ def test_switching_the_target_class_and_opacity_changes_the_overlay(browser, sit
     page.close()
 
 
-@pytest.mark.needs_explain_methods
 def test_switching_the_method_changes_the_overlay(browser, site):  # noqa: F811
     page, watch = open_page(browser, site)
     methods = page.locator("#method option").all_inner_texts()
