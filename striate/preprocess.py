@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from striate.errors import StriateError
 from striate.manifest import Preprocessing
 
 _RESAMPLE = {
@@ -134,3 +136,21 @@ def prepare_image(img: Image.Image, spec: Preprocessing) -> Image.Image:
 def preprocess(img: Image.Image, spec: Preprocessing) -> np.ndarray:
     """The manifest's full preprocessing: a decoded image -> float32 [C, H, W]."""
     return normalize(prepare_image(img, spec), spec)
+
+
+def find_images(root: str | Path) -> tuple[Path, list[Path]]:
+    """(root, every image file under it, sorted), hidden files and folders skipped; a StriateError
+    when the folder is missing or holds no image."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise StriateError(f"data folder not found or not a directory: {root}")
+    paths = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not paths:
+        raise StriateError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+    return root, paths

@@ -26,9 +26,8 @@ from tqdm import tqdm
 
 from striate.errors import StriateError
 from striate.manifest import Preprocessing
-from striate.preprocess import ImageDecodeError, decode_image, preprocess
+from striate.preprocess import ImageDecodeError, decode_image, find_images, preprocess
 
-from .data.sources import IMG_EXTENSIONS
 from .models import StriateModel
 
 FORMATS = (".npy", ".parquet")
@@ -42,18 +41,7 @@ class ImageList:
 
 def scan_images(root: str | Path) -> ImageList:
     """Every image file under `root`, sorted; the label is its top-level sub-folder (ImageFolder)."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise StriateError(f"data folder not found or not a directory: {root}")
-    paths = sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in IMG_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    if not paths:
-        raise StriateError(f"no images ({', '.join(IMG_EXTENSIONS)}) under {root}")
+    root, paths = find_images(root)
     labels = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "" for p in paths]
     return ImageList(paths, labels)
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from striate.errors import StriateError
-from striate.preprocess import IMAGE_EXTENSIONS
+from striate.preprocess import find_images
 
 ID, PATH = "id", "path"
 INPUT_SCHEMA = pa.schema([(ID, pa.string()), (PATH, pa.string())])
@@ -16,18 +16,7 @@ INPUT_SCHEMA = pa.schema([(ID, pa.string()), (PATH, pa.string())])
 
 def from_folder(root: str | Path) -> pa.Table:
     """Every image file under `root` (hidden entries skipped), sorted; the id is its relative path."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise StriateError(f"data folder not found or not a directory: {root}")
-    paths = sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    if not paths:
-        raise StriateError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+    root, paths = find_images(root)
     ids = [p.relative_to(root).as_posix() for p in paths]
     return pa.table({ID: ids, PATH: [str(p) for p in paths]}, schema=INPUT_SCHEMA)
 
