@@ -17,5 +17,5 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check . || echo "note: ruff format would reformat files (not enforced)"
-# Everything by default (about 5 minutes here); `scripts/test.sh -m "not slow"` for a quick run.
+# Everything by default (about 15 minutes here); `scripts/test.sh -m "not slow"` for a quick run.
 exec .venv/bin/python -m pytest -ra "$@"
