@@ -87,7 +87,7 @@ def raw(bundle: str, paths: list[str], processes: int) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def engine(bundle: str, name: str, n: int) -> float:
+def engine(bundle: str, name: str, n: int, rows_per_part: int) -> float:
     from service.bulk import inputs
     from service.bulk.embedder import EmbedOptions
     from service.bulk.engines import JobOptions, embed_images
@@ -96,7 +96,7 @@ def engine(bundle: str, name: str, n: int) -> float:
     shutil.rmtree(out, ignore_errors=True)
     table = inputs.from_folder(IMAGES).slice(0, n)
     options = EmbedOptions(bundle=bundle, layers=("embedding",), top_k=5)
-    job = JobOptions(out=str(out), batch_size=BATCH, rows_per_part=256, progress=False)
+    job = JobOptions(out=str(out), batch_size=BATCH, rows_per_part=rows_per_part, progress=False)
     start = time.perf_counter()
     summary = embed_images(table, options, job, engine=name)
     elapsed = time.perf_counter() - start
@@ -110,6 +110,8 @@ def main() -> int:
     parser.add_argument(
         "--skip-single", action="store_true", help="skip the raw 1-process run (slower than N processes here)"
     )
+    parser.add_argument("--skip-local", action="store_true", help="skip the local engine")
+    parser.add_argument("--rows-per-part", type=int, default=1024, help="rows per Parquet part / Ray block")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "bench"))
     from service_bench import BENCH_MODELS, prepare_models
@@ -128,11 +130,11 @@ def main() -> int:
     # Interleaved order so that a change in the machine's load touches every contender alike.
     for label, run in (
         ("raw_1_process", lambda: raw(bundle, paths, 1)),
-        ("local_engine", lambda: engine(bundle, "local", len(paths))),
+        ("local_engine", lambda: engine(bundle, "local", len(paths), args.rows_per_part)),
         (f"raw_{cores}_processes", lambda: raw(bundle, paths, cores)),
-        ("ray_engine", lambda: engine(bundle, "ray", len(paths))),
+        ("ray_engine", lambda: engine(bundle, "ray", len(paths), args.rows_per_part)),
     ):
-        if label == "raw_1_process" and args.skip_single:
+        if (label == "raw_1_process" and args.skip_single) or (label == "local_engine" and args.skip_local):
             continue
         results[label] = run()
         print(f"{label:>20}: {results[label]:7.1f} images/s", flush=True)
