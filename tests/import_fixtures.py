@@ -21,6 +21,7 @@ from torch import nn
 from striate.explain.methods import METHODS
 from striate.manifest import Preprocessing
 from striate.normalization import IMAGENET_MEAN, IMAGENET_STD
+from training.export import images as real
 
 SIZE = 64  # small inputs keep the suite fast; every source model still ends in a 2x2 map
 NUM_CLASSES = 10
@@ -106,12 +107,28 @@ SOURCES: dict[str, Source] = {
 }
 
 
+def _calibrate_batch_norms(model: nn.Module, nhwc: bool) -> None:
+    """Set every BatchNorm's statistics from one pass over real images, as training would: at
+    initialisation (mean 0, variance 1) some networks (mobilenet_v3) shrink their activations to
+    ~1e-7, where XGrad-CAM's division by an activation sum is float32 noise."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average: one batch sets the statistics
+    model.train()
+    with torch.no_grad():
+        x = torch.from_numpy(real.real_batch(PREPROCESSING, 16))
+        model(x.permute(0, 2, 3, 1) if nhwc else x)
+    model.eval()
+
+
 @functools.cache
 def source_model(name: str) -> nn.Module:
     torch.manual_seed(0)
     spec = SOURCES[name]
-    model = spec.make()
-    return (NHWC(model) if spec.nhwc else model).eval()
+    model = NHWC(spec.make()) if spec.nhwc else spec.make()
+    _calibrate_batch_norms(model, spec.nhwc)
+    return model.eval()
 
 
 def export(model: nn.Module, path: Path, example: torch.Tensor, dynamic: bool = True) -> Path:
