@@ -21,7 +21,7 @@ from torch import nn
 from striate.cli import main
 from striate.errors import StriateError
 from striate.explain.methods import GRADIENT_METHODS
-from striate.manifest import Manifest
+from striate.manifest import Manifest, Parity
 from tests.import_fixtures import (
     LABELS,
     PREPROCESSING,
@@ -36,7 +36,7 @@ from tests.import_fixtures import (
 from tests.service_fixtures import make_settings, run_server
 from training.export import images as real
 from training.export.parity import parity_targets, session
-from training.importer import import_onnx
+from training.importer import CheckResult, import_onnx
 from training.importer.api import list_tensors
 from training.importer.reverse import build_head
 from training.importer.tensors import probe
@@ -180,6 +180,26 @@ def test_a_fixed_batch_and_a_final_softmax_are_undone(tmp_path):
     assert explained[:, 0].tolist() == probabilities.argmax(1).tolist() and cam.shape[:2] == (3, 1)
 
 
+def test_a_caller_check_replaces_the_self_check_and_can_refuse(tmp_path):
+    """The contract with `striate export` of a torch module: check(staging) gives the parity records,
+    or raises to refuse, and then nothing is written."""
+    path = onnx_file("cumsum")
+    seen = []
+
+    def refuse(staging):
+        seen.append(sorted(p.name for p in staging.iterdir()))
+        raise StriateError("parity with the torch module failed")
+
+    with pytest.raises(StriateError, match="parity with the torch module failed"):
+        import_onnx(path, LABELS, PREPROCESSING, "checked", out_root=tmp_path, check=refuse)
+    assert seen == [["model.onnx"]] and not any((tmp_path / "checked").iterdir())
+    record = Parity(images=3, max_abs_diff_logits=1e-6, max_abs_diff_embedding=2e-6, tolerance=TOLERANCE)
+    bundle = import_onnx(
+        path, LABELS, PREPROCESSING, "checked", out_root=tmp_path, check=lambda staging: CheckResult(record)
+    )
+    assert Manifest.load(bundle).provenance.parity == record
+
+
 def test_imported_bundles_are_served_over_http(imported, tmp_path):
     """v1 classify and explain (a gradient method and a gradient-free one), and v2 infer."""
     from tests.service_fixtures import digits_png_bytes
@@ -224,10 +244,13 @@ def test_cli_lists_tensors_and_imports_an_nhwc_graph(tmp_path, capsys):
     assert code == 0 and "<- suggested --target-tensor" in out and "[512, 2, 2]" in out
     repo = tmp_path / "repo"
     args = [path, "--name", "nhwc", "--labels", labels, "--preset", "imagenet", "--resize", f"{SIZE}x{SIZE}"]
-    code, out, err = _cli([*args, "--target-tensor", "auto", "--out", repo], capsys)
+    feature = "/net/layer3/layer3.1/act2/Relu_output_0"
+    code, out, err = _cli([*args, "--target-tensor", "auto", "--feature-tensor", feature, "--out", repo], capsys)
     assert code == 0, err
     assert "wrote" in out and "gradcam" in out
     manifest = Manifest.load(repo / "nhwc" / "1")
+    layer = manifest.layer("net.layer3.1.act2")
+    assert layer is not None and layer.map_shape == (256, 4, 4) and layer.dim == 256
     assert (manifest.input.height, manifest.input.width, manifest.input.layout) == (SIZE, SIZE, "NCHW")
     assert "NHWC" in next(o.description for o in manifest.outputs if o.name == "logits")
 
