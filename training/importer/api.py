@@ -20,7 +20,7 @@ import onnx
 from striate.errors import StriateError
 from striate.manifest import Manifest, Preprocessing
 from training.export.api import NAME_PATTERN
-from training.export.bundle import next_version, staging
+from training.export.bundle import check_free, next_version, staging
 from training.export.manifest import build_manifest
 from training.export.onnx_export import EXPLAIN_FILE, MODEL_FILE
 from training.export.wrappers import map_name
@@ -31,7 +31,7 @@ from .ops import NotDifferentiable
 from .reverse import HeadFunction, HeadGrad, build_head
 from .selfcheck import CheckResult, self_check
 from .source import load, prepare
-from .tensors import check_batch, probe, require_map, spatial_maps
+from .tensors import check_batch, probe, probe_image, require_map, run, spatial_maps
 
 Check = Callable[[Path], CheckResult]
 
@@ -101,6 +101,8 @@ def import_onnx(
         raise StriateError(f"bad model name {name!r}: use lower-case letters, digits, '_', '.', '-'")
     if require_gradients and target_tensor is None:
         raise StriateError("gradients were required but no target tensor was named")
+    version = next_version(out_root, name) if version is None else version
+    check_free(out_root, name, version)  # before any work
     model = load(source)
     prepared = prepare(model, preprocessing, logits_output)
     values = probe(prepared.model)
@@ -136,11 +138,12 @@ def import_onnx(
         taken.add(layers[-1].name)
     embedding = find_embedding(prepared.model, prepared.scores, values)
     body = build_features(prepared.model, prepared.scores, embedding, layers)
-    shapes = {k: tuple(v.shape[1:]) for k, v in probe_outputs(body).items()}
+    shapes = {
+        k: tuple(v.shape[1:]) for k, v in run(body, [o.name for o in body.graph.output], probe_image(body)).items()
+    }
     set_output_shapes(body, shapes)
     target_map = map_name(layers[-1].name)
 
-    version = next_version(out_root, name) if version is None else version
     checkpoint, digest = _source_digest(source)
     with staging(out_root, name, version) as tmp:
         onnx.save(body, str(tmp / MODEL_FILE))
@@ -170,12 +173,6 @@ def import_onnx(
         manifest = _describe(manifest, layers, prepared.notes, head is not None, no_gradient_reason)
         manifest.dump(tmp)
     return Path(out_root) / name / str(version)
-
-
-def probe_outputs(model: onnx.ModelProto):
-    from .tensors import PROBE_BATCH, probe_image, run
-
-    return run(model, [o.name for o in model.graph.output], probe_image(model, PROBE_BATCH))
 
 
 def _check_graphs(folder: Path) -> None:

@@ -15,6 +15,7 @@ import torch
 from onnx import compose, version_converter
 
 from striate.errors import StriateError
+from training.export.onnx_export import _as_striate_error
 from training.export.wrappers import CAM_OUTPUTS, EXPLAIN_IO, EXPLAINED, LOGITS, TARGETS, GraphIO
 
 from .reverse import HeadGrad, opset_of
@@ -34,7 +35,7 @@ def _export_head(grad: HeadGrad, map_shape: tuple[int, int, int], opset: int) ->
     scores = torch.zeros(2, grad.num_classes)
     targets = torch.tensor([[-1, 0], [-1, 0]], dtype=torch.long)
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _as_striate_error("the reverse pass"):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             grad.eval(),
