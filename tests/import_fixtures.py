@@ -44,6 +44,22 @@ class NHWC(nn.Module):
         return self.net(x.permute(0, 3, 1, 2))
 
 
+class TensorFlowStyle(nn.Module):
+    """A head as TensorFlow-made graphs have it: the map transposed back to NHWC, a ReduceMean over
+    axes (1, 2), then MatMul + Add instead of Gemm; ReLU6 (Clip) in the body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(3, 16, 3, stride=4, padding=1), nn.ReLU6(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU6()
+        )
+        self.kernel = nn.Parameter(torch.randn(32, NUM_CLASSES) * 0.3)
+        self.bias = nn.Parameter(torch.randn(NUM_CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).permute(0, 2, 3, 1).mean(dim=(1, 2)) @ self.kernel + self.bias
+
+
 class CumsumHead(nn.Module):
     """A tiny CNN whose head uses an op without a backward rule (CumSum)."""
 
@@ -104,6 +120,7 @@ SOURCES: dict[str, Source] = {
     "torchvision-efficientnet_b0": Source(_tv("efficientnet_b0"), lambda m: m.features),
     "timm-convnext_atto": Source(_timm("convnext_atto"), lambda m: m.stages),
     "timm-resnet18-nhwc": Source(_timm("resnet18"), lambda m: m.net.layer4, nhwc=True),
+    "tensorflow-style-nhwc": Source(TensorFlowStyle, lambda m: m.net.conv, nhwc=True),
 }
 
 

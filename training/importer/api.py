@@ -38,12 +38,21 @@ Check = Callable[[Path], CheckResult]
 
 def default_map(values, scores: str, model: onnx.ModelProto) -> str | None:
     """The last [N, C, h, w] map with C > 1 and h*w > 1 that the scores depend on: pytorch-grad-cam's
-    usual choice, the last convolutional stage (a pooled map transposed to [N, 1, 1, C] is not one)."""
+    usual choice, the last convolutional stage. Transposed maps (NHWC, or a pooled map as
+    [N, 1, 1, C]) are not candidates: their axis 1 is not the channels."""
     maps = spatial_maps(values)
     feeding = _ancestors(model, scores)
-    order = [t for n in model.graph.node for t in n.output if t in maps and t in feeding]
+    order = [t for n in model.graph.node for t in n.output if t in maps and t in feeding and n.op_type != "Transpose"]
     spatial = [t for t in order if maps[t][0] > 1 and maps[t][1] * maps[t][2] > 1]
     return (spatial or order or [None])[-1]
+
+
+def _refuse_transposed(model: onnx.ModelProto, tensor: str, what: str) -> None:
+    node = next((n for n in model.graph.node if tensor in n.output), None)
+    if node is not None and node.op_type == "Transpose":
+        raise StriateError(
+            f"{what} {tensor!r} is a Transpose of {node.input[0]!r}, not an [N, C, h, w] map: name {node.input[0]!r}"
+        )
 
 
 def list_tensors(
@@ -113,10 +122,12 @@ def import_onnx(
         raise StriateError(f"the logits {prepared.scores!r} have shape {list(scores.shape)}; expected [N, classes]")
     if len(labels) != scores.shape[1]:
         raise StriateError(f"{len(labels)} labels for a graph with {scores.shape[1]} logits")
-    for tensor in feature_tensors:
-        require_map(tensor, values, "feature tensor")
-    if target_tensor is not None:
-        require_map(target_tensor, values, "target tensor")
+    named = [(t, "feature tensor") for t in feature_tensors] + (
+        [(target_tensor, "target tensor")] if target_tensor else []
+    )
+    for tensor, what in named:
+        require_map(tensor, values, what)
+        _refuse_transposed(prepared.model, tensor, what)
     target = target_tensor or default_map(values, prepared.scores, prepared.model)
     if target is None:
         raise StriateError("the graph has no [N, C, h, w] float tensor to explain or to serve as features")
