@@ -1,0 +1,199 @@
+"""Reading a foreign ONNX classifier and bringing it to the bundle's input convention.
+
+`prepare` loads and validates the file, finds its one 4-D float image input and its logits, and
+rewrites the graph so that it takes `image` float32 [batch, C, H, W]:
+
+- an NHWC graph (its input feeds only Transpose(perm=[0, 3, 1, 2]) nodes) gets a Transpose in
+  front, so the bundle's input is NCHW like every other bundle (onnxruntime folds the pair);
+- a fixed batch of 1 becomes a dynamic axis (`tensors.probe` then runs a batch of 2 and says so
+  when the graph cannot run it);
+- a Softmax (or LogSoftmax) producing the logits output is skipped: the bundle's `logits` are the
+  scores before it, as for every other bundle (the service applies softmax itself), and
+  explanations differentiate those scores, as pytorch-grad-cam does on a classifier's logits.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+from striate.errors import StriateError
+from striate.manifest import Preprocessing
+from training.export.wrappers import BATCH_AXIS, IMAGE
+
+NHWC_TO_NCHW = [0, 3, 1, 2]
+NCHW_TO_NHWC = [0, 2, 3, 1]
+PROBABILITY_OPS = ("Softmax", "LogSoftmax")
+PASS_THROUGH = ("Identity",)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The rewritten graph and what was found in it."""
+
+    model: onnx.ModelProto
+    scores: str  # tensor holding the class scores [N, K] (before any final softmax)
+    origin_input: str  # the input's name in the source graph
+    layout: str  # "NCHW" or "NHWC" (of the source graph)
+    notes: tuple[str, ...]  # what was changed, in words
+
+
+def load(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """The model, checked by onnx.checker; anything else is one line naming the problem."""
+    if isinstance(source, onnx.ModelProto):
+        model, where = source, "the given model"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise StriateError(f"no such file: {path}")
+        where = str(path)
+        try:
+            model = onnx.load(str(path))
+        except Exception as exc:
+            raise StriateError(f"{path} is not an ONNX model ({_first_line(exc)})") from None
+    if not model.graph.node:
+        raise StriateError(f"{where} is not an ONNX model (no graph nodes)")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise StriateError(f"{where} is not a valid ONNX model: {_first_line(exc)}") from None
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
+    shape = value.type.tensor_type.shape
+    if not value.type.tensor_type.HasField("shape"):
+        return []
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in shape.dim]
+
+
+def describe_input(value: onnx.ValueInfoProto) -> str:
+    dims = ",".join("?" if d is None else str(d) for d in _dims(value))
+    elem = TensorProto.DataType.Name(value.type.tensor_type.elem_type).lower()
+    return f"{value.name} {elem}[{dims}]"
+
+
+def image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    """The graph's one 4-D float input (initializers listed as inputs by old exporters are skipped)."""
+    weights = {init.name for init in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    images = [
+        i
+        for i in inputs
+        if i.type.tensor_type.elem_type == TensorProto.FLOAT and len(_dims(i)) == 4 and i.type.HasField("tensor_type")
+    ]
+    if len(images) != 1 or len(inputs) != 1:
+        found = ", ".join(describe_input(i) for i in inputs) or "none"
+        raise StriateError(f"the graph needs exactly one 4-D float32 image input; its inputs: {found}")
+    return images[0]
+
+
+def _consumers(model: onnx.ModelProto, name: str) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if name in n.input]
+
+
+def _producer(model: onnx.ModelProto, name: str) -> onnx.NodeProto | None:
+    return next((n for n in model.graph.node if name in n.output), None)
+
+
+def _perm(node: onnx.NodeProto) -> list[int]:
+    return next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
+
+
+def is_nhwc(model: onnx.ModelProto, name: str) -> bool:
+    consumers = _consumers(model, name)
+    return bool(consumers) and all(n.op_type == "Transpose" and _perm(n) == NHWC_TO_NCHW for n in consumers)
+
+
+def logits_tensor(model: onnx.ModelProto, logits_output: str | None) -> str:
+    """`logits_output`, or the graph's only output, or its first 2-D output."""
+    outputs = [o.name for o in model.graph.output]
+    if logits_output is not None:
+        if logits_output not in outputs:
+            raise StriateError(f"logits output {logits_output!r} is not a graph output; outputs: {', '.join(outputs)}")
+        return logits_output
+    if len(outputs) == 1:
+        return outputs[0]
+    two_d = [o.name for o in model.graph.output if len(_dims(o)) == 2]
+    if not two_d:
+        raise StriateError(f"no 2-D output among {', '.join(outputs)}: name the logits with logits_output")
+    return two_d[0]
+
+
+def before_softmax(model: onnx.ModelProto, name: str) -> tuple[str, str | None]:
+    """(scores, op skipped): the input of a final Softmax/LogSoftmax (through Identity nodes), or `name`."""
+    current = name
+    while (node := _producer(model, current)) is not None and node.op_type in PASS_THROUGH:
+        current = node.input[0]
+    if node is not None and node.op_type in PROBABILITY_OPS:
+        return node.input[0], node.op_type
+    return name, None
+
+
+def _set_dims(value: onnx.ValueInfoProto, dims: list[int | str]) -> None:
+    shape = value.type.tensor_type.shape
+    del shape.dim[:]
+    for d in dims:
+        dim = shape.dim.add()
+        if isinstance(d, int):
+            dim.dim_value = d
+        else:
+            dim.dim_param = d
+
+
+def prepare(model: onnx.ModelProto, preprocessing: Preprocessing, logits_output: str | None = None) -> Prepared:
+    """A copy of `model` whose input is `image` [batch, C, H, W] (see the module docstring)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    source = image_input(model)
+    layout = "NHWC" if is_nhwc(model, source.name) else "NCHW"
+    dims = _dims(source)
+    batch, spatial = dims[0], (dims[1:3] if layout == "NHWC" else dims[2:4])
+    channels = dims[3] if layout == "NHWC" else dims[1]
+    want_c, (want_h, want_w) = preprocessing.channels, preprocessing.crop_size
+    if isinstance(channels, int) and channels != want_c:
+        raise StriateError(
+            f"the graph takes {channels}-channel images ({layout}) but color mode {preprocessing.color_mode} "
+            f"gives {want_c}"
+        )
+    if any(isinstance(d, int) for d in spatial) and tuple(spatial) != (want_h, want_w):
+        raise StriateError(
+            f"the graph takes {spatial[0]}x{spatial[1]} images but the preprocessing crops to {want_h}x{want_w}"
+        )
+    notes: list[str] = []
+    if layout == "NHWC":
+        notes.append("NHWC input: a Transpose in front makes the bundle's input NCHW")
+    if isinstance(batch, int):
+        notes.append(f"fixed batch of {batch} made dynamic")
+    scores_out = logits_tensor(model, logits_output)
+    scores, skipped = before_softmax(model, scores_out)
+    if skipped:
+        notes.append(f"the final {skipped} is skipped: logits and explanations use the scores before it")
+
+    names = {t for n in graph.node for t in (*n.input, *n.output)} | {i.name for i in graph.initializer}
+    if source.name != IMAGE and IMAGE in names:
+        raise StriateError(f"the graph already has a tensor named {IMAGE!r} that is not its input")
+    image = helper.make_tensor_value_info(IMAGE, TensorProto.FLOAT, [BATCH_AXIS, want_c, want_h, want_w])
+    front: list[onnx.NodeProto] = []
+    if layout == "NHWC":
+        front.append(helper.make_node("Transpose", [IMAGE], [source.name], perm=NCHW_TO_NHWC, name="striate_to_nhwc"))
+    elif source.name != IMAGE:
+        front.append(helper.make_node("Identity", [IMAGE], [source.name], name="striate_image"))
+    kept_inputs = [i for i in graph.input if i.name != source.name]
+    del graph.input[:]
+    graph.input.extend([image, *kept_inputs])
+    nodes = [*front, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]  # shapes recorded for a fixed batch would contradict the dynamic one
+    for out in graph.output:
+        out.type.tensor_type.ClearField("shape")
+    return Prepared(model, scores, source.name, layout, tuple(notes))
