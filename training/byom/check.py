@@ -22,7 +22,7 @@ from striate.manifest import MethodParity, Parity
 from training.explain.reference import TorchCAM
 from training.export.onnx_export import EXPLAIN_FILE, MODEL_FILE
 from training.export.parity import TOLERANCE, parity_targets, session
-from training.export.wrappers import CAM_OUTPUTS, EXPLAINED, IMAGE, LOGITS, TARGETS
+from training.export.wrappers import CAM_OUTPUTS, EMBEDDING, EXPLAINED, IMAGE, LOGITS, TARGETS, map_name
 
 from .graph import MapsGraph, map_output_name
 
@@ -77,29 +77,66 @@ def float64_cams_at(model: nn.Module, path: str, images: np.ndarray, targets: np
         return ref(torch.from_numpy(np.asarray(images, np.float64)), targets, list(CAM_OUTPUTS))
 
 
+class _Probe:
+    """One eager pass of the module: its logits, the maps of `paths`, and the input of the final
+    Linear when that Linear makes the logits (the importer's embedding: what feeds the last Gemm)."""
+
+    def __init__(self, model: nn.Module, paths: tuple[str, ...], images: np.ndarray) -> None:
+        linears: list[tuple[torch.Tensor, torch.Tensor]] = []
+        handles = [
+            m.register_forward_hook(lambda m, args, out: linears.append((args[0], out)))
+            for m in model.modules()
+            if isinstance(m, nn.Linear)
+        ]
+        try:
+            with torch.no_grad():
+                logits, *maps = MapsGraph(model, paths).eval()(torch.from_numpy(images))
+        finally:
+            for h in handles:
+                h.remove()
+        self.logits = logits.numpy()
+        self.maps = {p: m.numpy() for p, m in zip(paths, maps, strict=True)}
+        last = linears[-1] if linears else None
+        self.embedding = last[0].numpy() if last is not None and last[1] is logits else None
+
+
+def _held(name: str, got: np.ndarray, expected: np.ndarray, tolerance: float, images: int) -> float:
+    diff = _max_diff(got, expected) if got.shape == expected.shape else float("inf")
+    bound = tolerance * _scale(expected)
+    if not diff <= bound:  # also catches NaN
+        raise StriateError(
+            f"parity check failed: onnxruntime and torch {name!r} differ by {diff:.3g} "
+            f"(tolerance {bound:.3g}) on {images} real images"
+        )
+    return diff
+
+
 def check_model_graph(
     folder: Path, model: nn.Module, paths: tuple[str, ...], images: np.ndarray, tolerance: float
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """model.onnx against the module: logits and every exported map. Returns (torch logits, diffs)."""
-    with torch.no_grad():
-        expected = [t.numpy() for t in MapsGraph(model, paths).eval()(torch.from_numpy(images))]
-    names = [LOGITS, *(map_output_name(p) for p in paths)]
+    """model.onnx against the module: logits, embedding and every exported map. Returns (torch logits, diffs)."""
+    probe = _Probe(model, paths, images)
     sess = session(folder / MODEL_FILE)
-    available = {o.name for o in sess.get_outputs()}
-    missing = [n for n in names if n not in available]
+    outputs = {o.name for o in sess.get_outputs()}
+    served = {p: map_name(map_output_name(p)) for p in paths}  # the importer's `<layer>_map` outputs
+    names = [LOGITS, EMBEDDING, *served.values()]
+    missing = [n for n in names if n not in outputs]
     if missing:
-        raise StriateError(f"model.onnx lacks the outputs {missing} the module was exported with")
-    got = sess.run(names, {IMAGE: images})
-    diffs = {}
-    for name, g, e in zip(names, got, expected, strict=True):
-        diffs[name] = _max_diff(g, e)
-        bound = tolerance * _scale(e)
-        if not diffs[name] <= bound:  # also catches NaN
-            raise StriateError(
-                f"parity check failed: onnxruntime and torch {name!r} differ by {diffs[name]:.3g} "
-                f"(tolerance {bound:.3g}) on {len(images)} real images"
-            )
-    return expected[0], diffs
+        raise StriateError(f"model.onnx lacks the outputs {missing} for the layers {list(paths)}")
+    got = dict(zip(names, sess.run(names, {IMAGE: images}), strict=True))
+    n = len(images)
+    diffs = {LOGITS: _held(LOGITS, got[LOGITS], probe.logits, tolerance, n)}
+    for path, name in served.items():
+        diffs[name] = _held(path, got[name], probe.maps[path], tolerance, n)
+    # The importer's embedding: the final Linear's input, else the target map's global average.
+    if probe.embedding is not None:
+        embedding = probe.embedding
+    elif paths:
+        embedding = probe.maps[paths[0]].mean(axis=(2, 3))
+    else:
+        raise StriateError("cannot tell the model's embedding (no final Linear, no target layer): name a target layer")
+    diffs[EMBEDDING] = _held(EMBEDDING, got[EMBEDDING], embedding, tolerance, n)
+    return probe.logits, diffs
 
 
 def check_explain_graph(
@@ -158,11 +195,10 @@ def check_bundle(
         )
         diffs[LOGITS] = max(diffs[LOGITS], explain_logits)
         cam_diff = next(p.max_abs_diff for p in method_parity if p.method == "gradcam")
-    map_diffs = [d for name, d in diffs.items() if name != LOGITS]
     parity = Parity(
         images=len(images),
         max_abs_diff_logits=diffs[LOGITS],
-        max_abs_diff_embedding=max(map_diffs, default=0.0),
+        max_abs_diff_embedding=diffs[EMBEDDING],
         max_abs_diff_cam=cam_diff,
         tolerance=TOLERANCE,
     )

@@ -24,8 +24,9 @@ RESERVED = frozenset({IMAGE, TARGETS, LOGITS, EMBEDDING, EXPLAINED, *CAM_OUTPUTS
 
 
 def map_output_name(path: str) -> str:
-    """The graph output holding module `path`'s map: its path, unless that clashes with a reserved name."""
-    return f"{path}_map" if path in RESERVED else path
+    """The graph output holding module `path`'s map, which the bundle serves as layer `path`: the path
+    itself, unless that clashes with a name the bundle reserves for its own outputs."""
+    return f"{path}_layer" if path in RESERVED else path
 
 
 class MapsGraph(nn.Module):
