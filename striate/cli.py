@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("training.commands.finetune", "fine-tune or linear-probe a pretrained backbone"),
     "features": ("training.commands.features", "write the embeddings of a folder of images to .npy/.parquet"),
     "export": ("training.commands.export", "export a checkpoint to an ONNX bundle in exported/"),
+    "import": ("training.commands.import_", "import an ONNX classifier (any origin) as a bundle, with explanations"),
     "analyze": ("training.commands.analyze", "separability, neuron specialization, activations, gallery"),
     "serve": ("service.commands.serve", "serve the model repository over HTTP"),
 }

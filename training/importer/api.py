@@ -37,11 +37,32 @@ Check = Callable[[Path], CheckResult]
 
 
 def default_map(values, scores: str, model: onnx.ModelProto) -> str | None:
-    """The last [N, C, h, w] tensor with more than one cell that the scores depend on (for forward methods)."""
+    """The last [N, C, h, w] map with C > 1 and h*w > 1 that the scores depend on: pytorch-grad-cam's
+    usual choice, the last convolutional stage (a pooled map transposed to [N, 1, 1, C] is not one)."""
     maps = spatial_maps(values)
-    order = [t for n in model.graph.node for t in n.output if t in maps]
-    spatial = [t for t in order if maps[t][1] * maps[t][2] > 1]
+    feeding = _ancestors(model, scores)
+    order = [t for n in model.graph.node for t in n.output if t in maps and t in feeding]
+    spatial = [t for t in order if maps[t][0] > 1 and maps[t][1] * maps[t][2] > 1]
     return (spatial or order or [None])[-1]
+
+
+def list_tensors(
+    source: str | os.PathLike | onnx.ModelProto, preprocessing: Preprocessing, logits_output: str | None = None
+) -> tuple[dict[str, tuple[int, ...]], str | None]:
+    """({tensor: (C, h, w)} of the [N, C, h, w] maps the logits depend on, in graph order; the suggested target)."""
+    prepared = prepare(load(source), preprocessing, logits_output)
+    values = probe(prepared.model)
+    feeding = _ancestors(prepared.model, prepared.scores)
+    maps = {t: shape for t, shape in spatial_maps(values).items() if t in feeding}
+    return maps, default_map(values, prepared.scores, prepared.model)
+
+
+def _ancestors(model: onnx.ModelProto, tensor: str) -> set[str]:
+    needed = {tensor}
+    for node in reversed(model.graph.node):
+        if any(t in needed for t in node.output):
+            needed.update(t for t in node.input if t)
+    return needed
 
 
 def _source_digest(source) -> tuple[str | None, str | None]:
@@ -190,4 +211,4 @@ def _describe(manifest: Manifest, layers: list[Layer], notes, has_graph: bool, r
     return Manifest.model_validate(updated.model_dump())
 
 
-__all__ = ["CheckResult", "import_onnx"]
+__all__ = ["CheckResult", "import_onnx", "list_tensors"]

@@ -3,7 +3,7 @@
 Outputs, in the exporter's order: `logits` (the scores), `embedding` (the vector feeding the final
 Gemm/MatMul, else the target map's global average), then `<layer>_pooled` [N, C] and `<layer>_map`
 [N, C, h, w] for each feature tensor and the target tensor last. Layer names come from tensor
-names (`/layer4/layer4.1/relu_1/Relu_output_0` -> `layer4.layer4.1.relu_1.Relu`).
+names (`/layer4/layer4.1/relu_1/Relu_output_0` -> `layer4.1.relu_1`).
 """
 
 from __future__ import annotations
@@ -33,9 +33,16 @@ BIAS_OPS = ("Add", "Identity")
 
 
 def layer_name(tensor: str, taken: set[str]) -> str:
-    """A readable, URL-safe layer name for `tensor`, distinct from `taken` and the graph's own names."""
-    name = re.sub(r"_output_\d+$", "", tensor.strip("/"))
-    name = re.sub(r"_map$", "", name).replace("/", ".").replace("::", ".")
+    """A readable, URL-safe layer name for `tensor`, distinct from `taken` and the graph's own names.
+
+    torch.onnx names tensors by module scope and op, `/stages/stages.3/blocks/blocks.1/Add_output_0`:
+    the op is dropped and a scope repeated as the next one's prefix is said once (`stages.3.blocks.1`).
+    """
+    parts = [p for p in re.sub(r"_output_\d+$", "", tensor).split("/") if p]
+    if len(parts) > 1 and re.fullmatch(r"[A-Z][A-Za-z]*(_\d+)?", parts[-1]):
+        parts = parts[:-1]
+    kept = [p for p, after in zip(parts, [*parts[1:], ""], strict=True) if not after.startswith(f"{p}.")]
+    name = re.sub(r"_map$", "", ".".join(kept)).replace("::", ".")
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip("._-") or "layer"
     candidate, k = name, 2
     while candidate in taken or candidate in RESERVED:

@@ -203,7 +203,7 @@ def _avg_pool(node: HeadNode) -> Step:
     if len(kernel) != 2 or any(pads) or node.attr("ceil_mode", 0) or node.attr("auto_pad", b"NOTSET") != b"NOTSET":
         raise node.refuse("only 2-D average pools without padding or ceil mode are supported")
     channels = src[1]
-    weight = torch.full((channels, 1, *kernel), 1.0 / math.prod(kernel))
+    weight = torch.full((channels, 1, *kernel), 1.0 / math.prod(kernel), dtype=torch.float64)
     # conv_transpose2d spreads each output cell's gradient over its window; cells past the last
     # window get none, which F.pad adds back.
     covered = [(o - 1) * s + k for o, s, k in zip(out[2:], strides, kernel, strict=True)]
@@ -276,6 +276,43 @@ def _matmul(node: HeadNode) -> Step:
         lambda xs: xs[0] @ weight.to(xs[0].dtype),
         lambda xs, y, g: [g @ weight.t().to(g.dtype), None],
     )
+
+
+@rule("Conv")
+def _conv(node: HeadNode) -> Step:
+    """A 2-D convolution (a 1x1 classifier conv, or a target tensor inside the body): its VJP is the
+    transposed convolution with the same weights."""
+    _only_first(node)
+    w = node.const(1)
+    src, out = node.in_shapes[0], node.out_shape
+    pads = list(node.attr("pads") or [0, 0, 0, 0])
+    if w is None or w.ndim != 4 or len(pads) != 4 or pads[:2] != pads[2:]:
+        raise node.refuse("only 2-D convolutions with constant weights and symmetric padding are supported")
+    if node.attr("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
+        raise node.refuse("auto_pad SAME is not supported")
+    weight = torch.from_numpy(w.astype(np.float32))
+    b = node.const(2)
+    bias = None if b is None else torch.from_numpy(b.astype(np.float32))
+    stride = list(node.attr("strides") or [1, 1])
+    dilation = list(node.attr("dilations") or [1, 1])
+    groups = int(node.attr("group", 1))
+    padding = pads[:2]
+    extra = [
+        src[2 + i] - ((out[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (w.shape[2 + i] - 1) + 1)
+        for i in range(2)
+    ]
+
+    def forward(xs: list[Tensor]) -> Tensor:
+        x = xs[0]
+        return F.conv2d(
+            x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), stride, padding, dilation, groups
+        )
+
+    def vjp(xs: list[Tensor], y: Tensor, g: Tensor) -> list[Tensor | None]:
+        gx = F.conv_transpose2d(g, weight.to(g.dtype), None, stride, padding, extra, groups, dilation)
+        return [gx, None, None]
+
+    return Step(forward, vjp)
 
 
 @rule("Add", "Sub", "Mul", "Div")

@@ -96,6 +96,15 @@ def image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
     return images[0]
 
 
+def graph_geometry(model: onnx.ModelProto) -> tuple[tuple, int | str | None]:
+    """((H, W), C) of the image input as the graph declares them (ints, or names/None when dynamic)."""
+    source = image_input(model)
+    dims = _dims(source)
+    if is_nhwc(model, source.name):
+        return (dims[1], dims[2]), dims[3]
+    return (dims[2], dims[3]), dims[1]
+
+
 def _consumers(model: onnx.ModelProto, name: str) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if name in n.input]
 
