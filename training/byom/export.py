@@ -22,6 +22,7 @@ from training.export import images as real
 from training.export.api import NAME_PATTERN, PARITY_IMAGES
 from training.export.onnx_export import EXAMPLE_BATCH
 from training.export.wrappers import LOGITS
+from training.importer.api import CheckResult, import_onnx
 
 from .check import check_bundle
 from .graph import export_maps_graph, map_output_name
@@ -52,6 +53,11 @@ def inspect_classifier(model: nn.Module, input_shape: tuple[int, int, int]) -> t
         )
     if not output.is_floating_point():
         raise StriateError(f"{kind} is not an image classifier: its output is {output.dtype}, not float scores")
+    if output.shape[1] > 1 and bool((output >= 0).all()) and torch.allclose(output.sum(1), torch.ones(1), atol=1e-5):
+        raise StriateError(
+            f"{kind} returns probabilities (each row sums to 1): export it without its final softmax; "
+            "bundles serve and explain the scores before it"
+        )
     return int(output.shape[1]), calls
 
 
@@ -95,7 +101,6 @@ def export_classifier(
     paths = tuple(dict.fromkeys(([target] if target else []) + list(stage_paths)))
     proto = export_maps_graph(model, paths, input_shape)
     images = real.real_batch(preprocessing, PARITY_IMAGES)
-    from training.importer.api import CheckResult, import_onnx
 
     def check(folder: Path) -> CheckResult:
         parity, method_parity = check_bundle(folder, model, target, stage_paths, images)

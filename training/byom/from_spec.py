@@ -82,7 +82,7 @@ def prepare(
         load_weights(model, path, spec.origin)
         weights_from = path.as_posix()
     elif spec.source == "python" or random_init:
-        weights_from = "the factory" if spec.source == "python" else "random initialisation"
+        weights_from = "the factory's own" if spec.source == "python" else "random initialisation"
     else:
         raise StriateError(
             f"no weights for {spec.origin}: pass --weights FILE (a state dict), --pretrained ENUM with its file "
