@@ -252,6 +252,19 @@ def test_torchvision_enum_gives_labels_and_transforms_with_a_local_file(tmp_path
     assert manifest.preprocessing.mean == (0.485, 0.456, 0.406) and manifest.preprocessing.crop_size == (48, 48)
 
 
+def test_weights_enum_takes_its_file_from_the_hub_cache_and_never_downloads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    enum = torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / enum.url.rsplit("/", 1)[-1]
+    args = ["export", "torchvision:squeezenet1_1", "--weights", "SqueezeNet1_1_Weights.IMAGENET1K_V1", "--size", "32"]
+    assert cli([*args, "--name", "sq", "--out", str(tmp_path / "repo")]) == 2
+    assert f"put {cached.name} at {cached}" in capsys.readouterr().err
+    cached.parent.mkdir(parents=True)
+    torch.save(seeded(torchvision.models.squeezenet1_1, 8).state_dict(), cached)
+    assert cli([*args, "--name", "sq", "--out", str(tmp_path / "repo")]) == 0
+    assert f"weights from {cached.as_posix()}, 1000 labels from SqueezeNet1_1_Weights" in capsys.readouterr().out
+
+
 def test_not_a_classifier_is_refused_in_one_line(tmp_path):
     with pytest.raises(StriateError) as info:
         export_classifier(MapOut(), ["a"], SMALL, "maps", out_root=tmp_path)

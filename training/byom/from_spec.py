@@ -8,6 +8,7 @@ own transform (torchvision `transforms()`, timm's pretrained_cfg). What was used
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,11 @@ class Prepared:
     preprocessing_from: str
 
 
+def is_enum_name(text: str) -> bool:
+    """ "ResNet18_Weights.IMAGENET1K_V1", "IMAGENET1K_V1" or "DEFAULT", and no such file."""
+    return not Path(text).exists() and re.fullmatch(r"(\w+_Weights\.)?([A-Z0-9_]+)", text) is not None
+
+
 def _default_enum(spec: ModelSpec) -> Any | None:
     """torchvision's DEFAULT weights of the model (metadata only), if it has any."""
     import torchvision
@@ -68,6 +74,8 @@ def prepare(
     overrides: Overrides = Overrides(),
 ) -> Prepared:
     spec = parse_model_spec(text, kwargs)
+    if weights is not None and not pretrained and spec.source == "torchvision" and is_enum_name(str(weights)):
+        weights, pretrained = None, str(weights)  # `--weights ResNet18_Weights.IMAGENET1K_V1`: the enum's file
     if pretrained and spec.source != "torchvision":
         raise StriateError("--pretrained names torchvision weights (e.g. ResNet18_Weights.IMAGENET1K_V1)")
     if random_init and (weights or pretrained):

@@ -29,7 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--calib-images", type=int, default=None, help="training images to calibrate INT8 on (default: 256)"
     )
     spec = parser.add_argument_group("model specs (torchvision:NAME, timm:NAME, package.module:factory)")
-    spec.add_argument("--weights", help="local state dict (.pth/.pt read weights-only, or .safetensors)")
+    spec.add_argument(
+        "--weights",
+        help="local state dict (.pth/.pt read weights-only, or .safetensors), or a torchvision weights enum "
+        "whose file is in the torch hub cache (as --pretrained)",
+    )
     spec.add_argument(
         "--pretrained",
         help="torchvision weights enum for labels and preprocessing, e.g. ResNet18_Weights.IMAGENET1K_V1 "
