@@ -55,6 +55,20 @@ class CumsumHead(nn.Module):
         return self.fc(torch.cumsum(self.body(x).mean(dim=(2, 3)), dim=1))
 
 
+class FixedBatchSoftmax(nn.Module):
+    """A tiny CNN as a one-image export writes it: batch fixed to 1, a `view(1, -1)` reshape, and
+    probabilities (a final softmax) as its output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2))
+        self.fc = nn.Linear(8, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.body(x)
+        return torch.softmax(self.fc(f.mean(dim=(2, 3), keepdim=True).view(f.size(0), -1)), dim=1)
+
+
 class NotAnImageModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -100,7 +114,7 @@ def source_model(name: str) -> nn.Module:
     return (NHWC(model) if spec.nhwc else model).eval()
 
 
-def export(model: nn.Module, path: Path, example: torch.Tensor) -> Path:
+def export(model: nn.Module, path: Path, example: torch.Tensor, dynamic: bool = True) -> Path:
     with torch.no_grad():
         torch.onnx.export(
             model.eval(),
@@ -110,17 +124,20 @@ def export(model: nn.Module, path: Path, example: torch.Tensor) -> Path:
             opset_version=17,
             input_names=["input"],
             output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}} if dynamic else None,
         )
     return path
 
 
 @functools.cache
 def onnx_file(name: str) -> Path:
-    """The source model `name` (a SOURCES key, "cumsum" or "not-an-image") as an ONNX file."""
+    """The source model `name` (a SOURCES key, "cumsum", "fixed-batch-softmax" or "not-an-image") as an ONNX file."""
     if name == "cumsum":
         torch.manual_seed(0)
         return export(CumsumHead(), _DIR / "cumsum.onnx", torch.zeros(2, 3, SIZE, SIZE))
+    if name == "fixed-batch-softmax":
+        torch.manual_seed(0)
+        return export(FixedBatchSoftmax(), _DIR / "fixed.onnx", torch.zeros(1, 3, SIZE, SIZE), dynamic=False)
     if name == "not-an-image":
         return export(NotAnImageModel(), _DIR / "mlp.onnx", torch.zeros(2, 16))
     shape = (2, SIZE, SIZE, 3) if SOURCES[name].nhwc else (2, 3, SIZE, SIZE)

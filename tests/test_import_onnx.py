@@ -154,6 +154,32 @@ def test_an_op_without_backward_rule_is_refused_by_name_or_exported_gradient_fre
     assert "gradient-free methods only" in description and "CumSum" in description
 
 
+def test_a_fixed_batch_and_a_final_softmax_are_undone(tmp_path):
+    """A one-image export with probabilities out: the bundle batches, and its logits are the scores
+    before the softmax (the service applies softmax itself), which the gradient methods explain."""
+    from tests.import_fixtures import FixedBatchSoftmax
+
+    path = onnx_file("fixed-batch-softmax")
+    _, target = list_tensors(path, PREPROCESSING)
+    bundle = import_onnx(path, LABELS, PREPROCESSING, "fixed", out_root=tmp_path, target_tensor=target)
+    manifest = Manifest.load(bundle)
+    notes = next(o.description for o in manifest.outputs if o.name == "logits")
+    assert "fixed batch of 1 made dynamic" in notes and "final Softmax is skipped" in notes
+    assert manifest.explain.gradient_methods == GRADIENT_METHODS
+    images = real.real_batch(PREPROCESSING, 3)
+    torch.manual_seed(0)
+    source = FixedBatchSoftmax().eval()
+    with torch.no_grad():
+        probabilities = torch.cat([source(torch.from_numpy(images[i : i + 1])) for i in range(3)]).numpy()
+    (logits,) = session(bundle / "model.onnx").run(["logits"], {"image": images})
+    np.testing.assert_allclose(torch.softmax(torch.from_numpy(logits), 1).numpy(), probabilities, atol=1e-6)
+    targets = np.array([[-1], [-1], [-1]])
+    explained, cam = session(bundle / "explain.onnx").run(
+        ["explained", "cam_gradcam"], {"image": images, "targets": targets}
+    )
+    assert explained[:, 0].tolist() == probabilities.argmax(1).tolist() and cam.shape[:2] == (3, 1)
+
+
 def test_imported_bundles_are_served_over_http(imported, tmp_path):
     """v1 classify and explain (a gradient method and a gradient-free one), and v2 infer."""
     from tests.service_fixtures import digits_png_bytes

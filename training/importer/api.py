@@ -31,7 +31,7 @@ from .ops import NotDifferentiable
 from .reverse import HeadFunction, HeadGrad, build_head
 from .selfcheck import CheckResult, self_check
 from .source import load, prepare
-from .tensors import probe, require_map, spatial_maps
+from .tensors import check_batch, probe, require_map, spatial_maps
 
 Check = Callable[[Path], CheckResult]
 
@@ -104,6 +104,8 @@ def import_onnx(
     model = load(source)
     prepared = prepare(model, preprocessing, logits_output)
     values = probe(prepared.model)
+    if prepared.fixed_batch:
+        check_batch(prepared.model, prepared.scores)
     scores = values[prepared.scores]
     if scores.ndim != 2 or scores.dtype.kind != "f":
         raise StriateError(f"the logits {prepared.scores!r} have shape {list(scores.shape)}; expected [N, classes]")

@@ -5,8 +5,9 @@ rewrites the graph so that it takes `image` float32 [batch, C, H, W]:
 
 - an NHWC graph (its input feeds only Transpose(perm=[0, 3, 1, 2]) nodes) gets a Transpose in
   front, so the bundle's input is NCHW like every other bundle (onnxruntime folds the pair);
-- a fixed batch of 1 becomes a dynamic axis (`tensors.probe` then runs a batch of 2 and says so
-  when the graph cannot run it);
+- a fixed batch of 1 becomes a dynamic axis: constant Reshape shapes that start with that 1 start
+  with 0 instead ("copy the batch"), and the import checks that a batch gives each image's own
+  outputs (`tensors.check_batch`), or says the graph cannot be batched;
 - a Softmax (or LogSoftmax) producing the logits output is skipped: the bundle's `logits` are the
   scores before it, as for every other bundle (the service applies softmax itself), and
   explanations differentiate those scores, as pytorch-grad-cam does on a classifier's logits.
@@ -18,6 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -40,6 +42,7 @@ class Prepared:
     origin_input: str  # the input's name in the source graph
     layout: str  # "NCHW" or "NHWC" (of the source graph)
     notes: tuple[str, ...]  # what was changed, in words
+    fixed_batch: bool = False  # the source graph had a fixed batch size
 
 
 def load(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
@@ -158,6 +161,26 @@ def _set_dims(value: onnx.ValueInfoProto, dims: list[int | str]) -> None:
             dim.dim_param = d
 
 
+def _copy_batch_in_reshapes(model: onnx.ModelProto) -> None:
+    """Reshape shapes fixed to a batch of 1 ([1, 512]) copy the batch instead ([0, 512])."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    consts = {i.name: i for i in graph.initializer}
+    consts.update({n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant" and n.attribute})
+    for k, node in enumerate(graph.node):
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in consts:
+            continue
+        shape = numpy_helper.to_array(consts[node.input[1]])
+        if shape.ndim != 1 or len(shape) < 2 or shape[0] != 1:
+            continue
+        if any(a.name == "allowzero" and a.i for a in node.attribute):
+            continue
+        name = f"striate_batch_shape_{k}"
+        graph.initializer.append(numpy_helper.from_array(np.concatenate([[0], shape[1:]]).astype(np.int64), name))
+        node.input[1] = name
+
+
 def prepare(model: onnx.ModelProto, preprocessing: Preprocessing, logits_output: str | None = None) -> Prepared:
     """A copy of `model` whose input is `image` [batch, C, H, W] (see the module docstring)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -182,6 +205,8 @@ def prepare(model: onnx.ModelProto, preprocessing: Preprocessing, logits_output:
         notes.append("NHWC input: a Transpose in front makes the bundle's input NCHW")
     if isinstance(batch, int):
         notes.append(f"fixed batch of {batch} made dynamic")
+        if batch == 1:
+            _copy_batch_in_reshapes(model)
     scores_out = logits_tensor(model, logits_output)
     scores, skipped = before_softmax(model, scores_out)
     if skipped:
@@ -205,4 +230,4 @@ def prepare(model: onnx.ModelProto, preprocessing: Preprocessing, logits_output:
     del graph.value_info[:]  # shapes recorded for a fixed batch would contradict the dynamic one
     for out in graph.output:
         out.type.tensor_type.ClearField("shape")
-    return Prepared(model, scores, source.name, layout, tuple(notes))
+    return Prepared(model, scores, source.name, layout, tuple(notes), isinstance(batch, int))

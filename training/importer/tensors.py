@@ -81,3 +81,15 @@ def require_map(name: str, values: dict[str, np.ndarray], what: str) -> tuple[in
             f"{what} {name!r} is not a float [N, C, h, w] map (shape {shape}); 4-D tensors near it: {', '.join(close)}"
         )
     raise StriateError(f"{what} {name!r} is not in the graph; close names: {', '.join(close) or 'none'}")
+
+
+def check_batch(model: onnx.ModelProto, scores: str) -> None:
+    """A batch must give each image the scores it gets alone (a graph made for one image may mix them)."""
+    images = probe_image(model)
+    together = run(model, [scores], images)[scores]
+    alone = np.concatenate([run(model, [scores], images[i : i + 1])[scores] for i in range(len(images))])
+    if together.shape != alone.shape or not np.allclose(together, alone, rtol=1e-4, atol=1e-5):
+        raise StriateError(
+            "the graph has a fixed batch of 1 and gives other scores when run on a batch; "
+            "re-export it with a dynamic batch axis"
+        )
