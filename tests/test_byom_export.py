@@ -218,6 +218,29 @@ def test_exported_model_explains_like_pytorch_grad_cam_over_http(exported, clien
     assert r.status_code == 200, r.text
 
 
+def test_layers_keep_their_module_paths_over_v1_features_and_v2(exported, client):
+    """The user's layer names are the API's: features of `act` and the v2 output `act_map` are the module's."""
+    bundle, module = exported[1]["user"]
+    manifest = Manifest.load(bundle)
+    data = png(real_images(5)[4])
+    x = preprocess(Image.open(io.BytesIO(data)), manifest.preprocessing)[None]
+    kept = []
+    handle = module.act.register_forward_hook(lambda m, a, out: kept.append(out))
+    with torch.no_grad():
+        logits = module(torch.from_numpy(x)).numpy()
+    handle.remove()
+    act = kept[0].numpy()
+    features = client.post("/v1/models/user/features?layer=act", content=data, headers=PNG).json()
+    np.testing.assert_allclose(features["features"][0], act.mean(axis=(2, 3))[0], atol=1e-5)
+    body = {
+        "inputs": [{"name": "image", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}],
+        "outputs": [{"name": "logits"}, {"name": "act_map"}],
+    }
+    outs = {o["name"]: o for o in client.post("/v2/models/user/infer", json=body).json()["outputs"]}
+    np.testing.assert_allclose(np.reshape(outs["logits"]["data"], outs["logits"]["shape"]), logits, atol=1e-5)
+    np.testing.assert_allclose(np.reshape(outs["act_map"]["data"], outs["act_map"]["shape"]), act, atol=1e-5)
+
+
 def test_default_target_layers_are_the_last_conv_stages(exported):
     chosen = {name: Manifest.load(bundle).explain.target_layer for name, (bundle, _) in exported[1].items()}
     assert chosen == {
