@@ -4,7 +4,7 @@
 and hands it to the importer; `specs` builds models from `torchvision:NAME`, `timm:NAME` or
 `package.module:factory`; `weights` reads local weights files safely; `sources` finds labels and
 preprocessing; `layers` finds the target layer; `check` holds the bundle to the module and to
-pytorch-grad-cam.
+pytorch-grad-cam; `from_spec` puts them together for `striate export SPEC`.
 """
 
 from .export import export_classifier

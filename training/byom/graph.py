@@ -56,7 +56,7 @@ def export_maps_graph(model: nn.Module, paths: Sequence[str], input_shape: tuple
     """The ONNX model of `MapsGraph(model, paths)` for inputs [N, *input_shape] (dynamic N)."""
     graph = MapsGraph(model, paths).eval()
     with tempfile.TemporaryDirectory(prefix="striate-byom-") as tmp:
-        path = Path(tmp) / "traced.onnx"
+        path = Path(tmp) / f"{type(model).__name__}.onnx"  # export errors name the file
         export_onnx(graph, (torch.zeros(EXAMPLE_BATCH, *input_shape),), graph.io, path)
         proto = onnx.load(str(path))
     if [o.name for o in proto.graph.output] != list(graph.io.outputs):
