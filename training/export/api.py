@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from striate.errors import StriateError
 from striate.manifest import Preprocessing
@@ -39,7 +40,7 @@ def _check_args(name: str, quantize: str | None) -> None:
 
 
 def export_model(
-    model: StriateModel,
+    model: nn.Module,
     labels: Sequence[str],
     preprocessing: Preprocessing,
     name: str,
@@ -59,8 +60,17 @@ def export_model(
 
     `calibration` (images) and `heldout` ((images, targets)) are needed only for quantize="int8";
     images are float32 [N, C, H, W] already preprocessed with `preprocessing`.
+    A module that is not a StriateModel (torchvision, timm, your own) goes to `training.byom`.
     """
     _check_args(name, quantize)
+    if not isinstance(model, StriateModel):
+        from training.byom import export_classifier
+
+        if quantize:
+            raise StriateError("INT8 export is for Striate models; export this module in float32")
+        return export_classifier(
+            model, labels, preprocessing, name, version, out_root, architecture=architecture, metrics=metrics, data=data
+        )
     if quantize and (calibration is None or heldout is None):
         raise StriateError("INT8 export needs calibration images and a labelled held-out set")
     model = model.eval()
