@@ -73,7 +73,7 @@ def test_metadata_lists_methods_with_parity(client):
         assert m["kind"] == METHODS[m["name"]].kind and m["title"] == METHODS[m["name"]].title
         assert (m["parity"] is not None and m["parity"] <= 1e-4) == (m["kind"] == "gradient")
     assert info["scores"] == ["road", "deletion", "insertion", "drop"]
-    assert (info["max_targets"], info["max_passes"]) == (10, 1024)
+    assert (info["max_targets"], info["max_passes"]) == (10, 2048)
     plain = client.get("/v1/models/plain").json()["explain"]
     assert [m["name"] for m in plain["methods"]] == ["eigencam", "scorecam", "occlusion", "rise"]
     assert plain["default_method"] == "occlusion" and plain["target_layer"] == "s2"
@@ -210,9 +210,12 @@ def test_bad_explain_requests_are_clear_422s(client, query, model, message):
 
 
 def test_pass_cap_counts_every_image(client):
-    files = [("files", (f"{i}.png", digits_png_bytes(i), "image/png")) for i in range(3)]
+    files = [("files", (f"{i}.png", digits_png_bytes(i), "image/png")) for i in range(5)]
     r = client.post("/v1/models/digits/explain?method=rise", files=files)
-    assert r.status_code == 422 and "1536 forward passes (512 per image)" in r.json()["error"]["message"]
+    assert r.status_code == 422, r.text
+    message = r.json()["error"]["message"]
+    assert "2560 forward passes (512 per image)" in message and "limit of 2048" in message
+    assert "STRIATE_MAX_EXPLAIN_PASSES" in message
 
 
 def test_openapi_declares_the_explain_errors(client):
