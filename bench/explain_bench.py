@@ -5,7 +5,8 @@ faithful each method is on real images.
     PYTHONPATH=. .venv/bin/python bench/explain_bench.py --quick    # fewer repeats and images
 
 1. Cost, CPU, one thread (onnxruntime and torch alike), one image per call, median of repeats:
-   - per gradient method: explain.onnx (one target) / model.onnx (classify), and pytorch-grad-cam's
+   - per gradient method: explain.onnx pruned to that method, as the service runs it (one target) /
+     model.onnx (classify), and pytorch-grad-cam's
      class of the same name on torch for the same map / explain.onnx;
    - Score-CAM: our passes through onnxruntime in chunks of 32 / pytorch-grad-cam's ScoreCAM
      (its batch size set to 32 as well);
@@ -35,13 +36,22 @@ DEFAULT_BUNDLE = REPO / "exported" / "digits" / "1"
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat")
 
 
-def _session(path: Path):
+def _session(path: Path | bytes):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        path if isinstance(path, bytes) else str(path), opts, providers=["CPUExecutionProvider"]
+    )
+
+
+def _method_session(bundle: Path, outputs: list[str]):
+    """The explain graph pruned to one method's outputs, as the service runs it."""
+    from service.explain_graphs import prune
+
+    return _session(prune(bundle, outputs).SerializeToString())
 
 
 def _interleaved_s(first, second, repeats: int) -> tuple[float, float]:
@@ -129,7 +139,7 @@ def cost(bundle: Path, repeats: int, gradient_only: bool = False) -> dict:
     m = Manifest.load(bundle)
     ex = m.explain
     x = real_batch(m.preprocessing, 1)
-    model_s, explain_s = _session(bundle / m.graph), _session(bundle / ex.graph)
+    model_s = _session(bundle / m.graph)
     logits = model_s.run([m.logits_output], {"image": x})[0]
     target = int(logits.argmax())
     classify = _median_s(lambda: model_s.run([m.logits_output], {"image": x}), repeats)
@@ -142,9 +152,10 @@ def cost(bundle: Path, repeats: int, gradient_only: bool = False) -> dict:
     for method in ex.gradient_methods:
         feeds = {"image": x, ex.targets_input: np.array([[-1]])}
         wanted = [ex.logits_output, ex.explained_output, ex.cam_outputs[method]]
+        method_s = _method_session(bundle / ex.graph, wanted)
         classify, ours = _interleaved_s(
             lambda: model_s.run([m.logits_output], {"image": x}),
-            lambda f=feeds, w=wanted: explain_s.run(w, f),
+            lambda f=feeds, w=wanted, s=method_s: s.run(w, f),
             repeats,
         )
         cls = getattr(pytorch_grad_cam, METHODS[method].package_class)
