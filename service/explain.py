@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.batcher import Batcher
 from service.errors import Unprocessable
 from service.explain_graphs import method_batcher
 from service.repository import LoadedModel
@@ -191,6 +192,16 @@ def check_passes(model: LoadedModel, query: ExplainQuery, images: int, settings:
             "images or targets)"
         )
     return total
+
+
+async def first_batcher(model: LoadedModel, method: str, settings: Settings) -> Batcher:
+    """The batcher a request for `method` runs on first (for announcing it while images decode)."""
+    ex = model.manifest.explain
+    if METHODS[method].kind != "gradient":
+        return model.batcher
+    if ex.single_target:
+        return model.explain_batcher
+    return (await method_batcher(model, method, settings))[0]
 
 
 async def run_passes(model: LoadedModel, passes: Passes, chunk: int):
