@@ -5,13 +5,14 @@ faithful each method is on real images.
     PYTHONPATH=. .venv/bin/python bench/explain_bench.py --quick    # fewer repeats and images
 
 1. Cost, CPU, one thread (onnxruntime and torch alike), one image per call, median of repeats:
-   - per gradient method: explain.onnx (one target) / model.onnx (classify), and pytorch-grad-cam's
-     class of the same name on torch for the same map / explain.onnx;
+   - per gradient method: explain.onnx pruned to that method, as the service runs it (one
+     target) / model.onnx (classify), and pytorch-grad-cam's class of the same name on torch
+     for the same map / that graph;
    - Score-CAM: our passes through onnxruntime in chunks of 32 / pytorch-grad-cam's ScoreCAM
      (its batch size set to 32 as well);
    - occlusion, RISE, Eigen-CAM: their cost in classify calls.
-   On resnet18 at 224 px (random weights, exported with training.export into artifacts/) and on
-   the default bundle exported/digits/1.
+   On resnet18 at 224 px (random weights, exported with training.export into artifacts/), on
+   the default bundle exported/digits/1 and, with --lite0, on the ImageNet EfficientNet-Lite0.
 2. Faithfulness, methods x models: ROAD (LeRF - MoRF) / 2 and deletion / insertion AUC,
    explaining the predicted class, on the digits test split (default bundle) and on the
    scikit-image photos through the ImageNet EfficientNet-Lite0 bundle (exported into artifacts/).
@@ -35,13 +36,22 @@ DEFAULT_BUNDLE = REPO / "exported" / "digits" / "1"
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat")
 
 
-def _session(path: Path):
+def _session(path: Path | bytes):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        path if isinstance(path, bytes) else str(path), opts, providers=["CPUExecutionProvider"]
+    )
+
+
+def _method_session(bundle: Path, outputs: list[str]):
+    """The explain graph pruned to one method's outputs, as the service runs it."""
+    from service.explain_graphs import prune
+
+    return _session(prune(bundle, outputs).SerializeToString())
 
 
 def _interleaved_s(first, second, repeats: int) -> tuple[float, float]:
@@ -129,7 +139,7 @@ def cost(bundle: Path, repeats: int, gradient_only: bool = False) -> dict:
     m = Manifest.load(bundle)
     ex = m.explain
     x = real_batch(m.preprocessing, 1)
-    model_s, explain_s = _session(bundle / m.graph), _session(bundle / ex.graph)
+    model_s = _session(bundle / m.graph)
     logits = model_s.run([m.logits_output], {"image": x})[0]
     target = int(logits.argmax())
     classify = _median_s(lambda: model_s.run([m.logits_output], {"image": x}), repeats)
@@ -142,9 +152,10 @@ def cost(bundle: Path, repeats: int, gradient_only: bool = False) -> dict:
     for method in ex.gradient_methods:
         feeds = {"image": x, ex.targets_input: np.array([[-1]])}
         wanted = [ex.logits_output, ex.explained_output, ex.cam_outputs[method]]
+        method_s = _method_session(bundle / ex.graph, wanted)
         classify, ours = _interleaved_s(
             lambda: model_s.run([m.logits_output], {"image": x}),
-            lambda f=feeds, w=wanted: explain_s.run(w, f),
+            lambda f=feeds, w=wanted, s=method_s: s.run(w, f),
             repeats,
         )
         cls = getattr(pytorch_grad_cam, METHODS[method].package_class)
@@ -250,6 +261,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--gradient-cost-only", action="store_true", help="only the gradient methods' cost table")
+    parser.add_argument("--cost-only", action="store_true", help="every method's cost, no faithfulness tables")
+    parser.add_argument("--lite0", action="store_true", help="measure cost on EfficientNet-Lite0 (224) too")
     args = parser.parse_args()
     repeats = 10 if args.quick else 40
     from threadpoolctl import threadpool_limits
@@ -258,7 +271,10 @@ def main() -> None:
 
     results: dict = {"cost": {}, "faithfulness": {}}
     with threadpool_limits(1):
-        for name, bundle in (("resnet18-224", resnet18_bundle()), ("digits", DEFAULT_BUNDLE)):
+        bundles = [("resnet18-224", resnet18_bundle()), ("digits", DEFAULT_BUNDLE)]
+        if args.lite0:
+            bundles.append(("lite0-224", lite0_bundle()))
+        for name, bundle in bundles:
             results["cost"][name] = row = cost(bundle, repeats, args.gradient_cost_only)
             print(f"\n{name}: classify {row['classify_ms']:.2f} ms")
             for method, r in row["methods"].items():
@@ -270,7 +286,7 @@ def main() -> None:
         methods = list(METHODS)
         sets = (
             ()
-            if args.gradient_cost_only
+            if args.gradient_cost_only or args.cost_only
             else (
                 ("digits test split", DEFAULT_BUNDLE, digits_images(10 if args.quick else 40)),
                 ("skimage photos, EfficientNet-Lite0", lite0_bundle(), None),
@@ -282,7 +298,9 @@ def main() -> None:
             print(f"\n{title} ({len(images)} images): ROAD (higher better), deletion (lower), insertion (higher)")
             for method, s in table.items():
                 print(f"  {method:10s} {s['road']:+.3f}  {s['deletion']:.3f}  {s['insertion']:.3f}")
-    out = OUT.with_name("explain_gradient_cost.json") if args.gradient_cost_only else OUT
+    out = OUT
+    if args.gradient_cost_only or args.cost_only:
+        out = OUT.with_name("explain_gradient_cost.json" if args.gradient_cost_only else "explain_cost.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {out}")

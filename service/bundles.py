@@ -48,6 +48,9 @@ class LoadedModel:
     explain: Graph | None
     batcher: Batcher = field(repr=False)
     explain_batcher: Batcher | None = field(default=None, repr=False)
+    # One pruned explain graph per gradient method, opened on first use (service/explain_graphs.py).
+    method_batchers: dict[str, Batcher] = field(default_factory=dict, repr=False)
+    make_batcher: BatcherFactory | None = field(default=None, repr=False)
     signature: tuple = field(default=(), repr=False)  # the files it was loaded from (change detection)
     inflight: int = field(default=0, repr=False)  # requests holding a lease
     _idle: asyncio.Event | None = field(default=None, repr=False)
@@ -57,7 +60,8 @@ class LoadedModel:
         return self.graph.provider
 
     def batchers(self) -> list[Batcher]:
-        return [self.batcher, *([self.explain_batcher] if self.explain_batcher is not None else [])]
+        explain = [self.explain_batcher] if self.explain_batcher is not None else []
+        return [self.batcher, *explain, *self.method_batchers.values()]
 
     @contextlib.contextmanager
     def lease(self) -> Iterator[LoadedModel]:
@@ -171,6 +175,7 @@ def open_bundle(name: str, path: Path, settings: Settings, make_batcher: Batcher
             batcher=make_batcher(name, version, "model", graph),
             explain_batcher=make_batcher(name, version, "explain", explain) if explain else None,
             signature=signature,
+            make_batcher=make_batcher,
         )
         warm_up(model)
     except BundleError:

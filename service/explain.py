@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.batcher import Batcher
 from service.errors import Unprocessable
+from service.explain_graphs import method_batcher
 from service.repository import LoadedModel
 from service.settings import Settings
 from striate.explain import forward
@@ -192,6 +194,16 @@ def check_passes(model: LoadedModel, query: ExplainQuery, images: int, settings:
     return total
 
 
+async def first_batcher(model: LoadedModel, method: str, settings: Settings) -> Batcher:
+    """The batcher a request for `method` runs on first (for announcing it while images decode)."""
+    ex = model.manifest.explain
+    if METHODS[method].kind != "gradient":
+        return model.batcher
+    if ex.single_target:
+        return model.explain_batcher
+    return (await method_batcher(model, method, settings))[0]
+
+
 async def run_passes(model: LoadedModel, passes: Passes, chunk: int):
     """Run `passes` through the model's batcher, `chunk` inputs at a time; returns their answer."""
     if passes.count == 0:
@@ -212,7 +224,9 @@ def choose(logits: np.ndarray, targets: tuple[int, ...]) -> np.ndarray:
     return np.where(t < 0, np.take_along_axis(order, np.clip(-t - 1, 0, logits.shape[1] - 1), 1), t)
 
 
-async def _gradient(model: LoadedModel, tensor: np.ndarray, query: ExplainQuery) -> tuple[np.ndarray, ...]:
+async def _gradient(
+    model: LoadedModel, tensor: np.ndarray, query: ExplainQuery, settings: Settings
+) -> tuple[np.ndarray, ...]:
     ex = model.manifest.explain
     batcher = model.explain_batcher
     n, t = len(tensor), len(query.targets)
@@ -226,7 +240,7 @@ async def _gradient(model: LoadedModel, tensor: np.ndarray, query: ExplainQuery)
         out = await batcher.submit(feeds, [ex.cam_outputs[query.method]])
         return logits, explained, out[ex.cam_outputs[query.method]].reshape(n, t, *ex.cam_shape)
     feeds = {image: tensor, ex.targets_input: np.tile(np.asarray(query.targets, np.int64), (n, 1))}
-    outputs = [ex.logits_output, ex.explained_output, ex.cam_outputs[query.method]]
+    batcher, outputs = await method_batcher(model, query.method, settings)
     out = await batcher.submit(feeds, outputs)
     return out[ex.logits_output], out[ex.explained_output], out[ex.cam_outputs[query.method]]
 
@@ -258,7 +272,7 @@ async def explain(model: LoadedModel, tensor: np.ndarray, query: ExplainQuery, s
     check_passes(model, query, len(tensor), settings)
     chunk = settings.max_batch_size
     if METHODS[query.method].kind == "gradient":
-        logits, explained, cams = await _gradient(model, tensor, query)
+        logits, explained, cams = await _gradient(model, tensor, query, settings)
     else:
         logits, explained, cams = await _forward(model, tensor, query, chunk)
     scores = None

@@ -52,13 +52,14 @@ class TensorInfo:
 class Graph:
     """One loaded ONNX graph. `run` is thread-safe (onnxruntime sessions are) and blocking."""
 
-    def __init__(self, path: Path, settings: Settings) -> None:
+    def __init__(self, path: Path, settings: Settings, model: bytes | None = None) -> None:
+        """`model`: the serialized graph, when it differs from the file at `path` (a pruned copy)."""
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = settings.intra_op_threads
         opts.inter_op_num_threads = settings.inter_op_threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.path = path
-        self.session = ort.InferenceSession(str(path), opts, providers=providers_for(settings.device))
+        self.session = ort.InferenceSession(model or str(path), opts, providers=providers_for(settings.device))
         self.provider = self.session.get_providers()[0]
         self.inputs = {i.name: _info(i) for i in self.session.get_inputs()}
         self.outputs = {o.name: _info(o) for o in self.session.get_outputs()}

@@ -46,8 +46,8 @@ class Settings(BaseSettings):
         15.0, ge=0, description="seconds requests in flight get to finish (SIGTERM, unload, swap)"
     )
     max_explain_targets: int = Field(10, ge=1, description="most classes explained per image in one request")
-    max_explain_passes: int = Field(
-        1024, ge=1, description="most forward passes one explain request may run (gradient-free methods, scores)"
+    max_explain_passes: int = Field(  # Score-CAM at one image on the widest registered last stage (2048 channels)
+        2048, ge=1, description="most forward passes one explain request may run (gradient-free methods, scores)"
     )
     api_key: str | None = Field(None, description="when set, every route but health needs it")
     host: str = "127.0.0.1"

@@ -3,7 +3,8 @@
 Same model (the default checkpoint in torch), same images, same maps: our passes are run through
 the torch model so that only the metric code differs. ROAD's imputation noise is random in both
 implementations, so the comparison sets it to zero on both sides; the scores then agree to 1e-5
-(float32 logits, a sparse solve in float64 on both sides).
+(float32 logits, a sparse solve in float64 on both sides). Score-CAM's shared passes are checked
+against pytorch-grad-cam's ScoreCAM on the same model.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 from service_fixtures import REPO
 
+from striate.explain import forward
 from striate.explain.passes import resize_map, run_passes, scale_map
 from striate.explain.scores import ROAD_PERCENTILES, impute, score_passes
 from striate.preprocess import preprocess
@@ -114,3 +116,37 @@ def test_deletion_and_insertion_on_a_known_answer():
     }
     assert scores["deletion", "right"] < scores["deletion", "wrong"] - 0.1
     assert scores["insertion", "right"] > scores["insertion", "wrong"] + 0.1
+
+
+def test_score_cam_shares_passes_between_equal_masks_and_matches_pytorch_grad_cam(setup):
+    """The last stage is edited (a forward hook, seen by both libraries) so that channels repeat:
+    dead ones, positive multiples of another plus a constant, one-hot maps on the same cell. Our
+    Score-CAM runs one pass per distinct mask and still gives pytorch-grad-cam's ScoreCAM map."""
+    from training.explain.reference import package_cams
+
+    model, x, _, targets, logits_fn = setup
+    stage = list(model.stages.values())[-1]
+
+    def repeat_channels(module, args, out):
+        out = out.clone()
+        out[:, 1:9] = 0.0  # dead
+        out[:, 9:17] = 2.5 * out[:, :1] + 0.75  # one channel, rescaled and shifted
+        out[:, 17:25] = 0.0
+        out[:, 17:21, 1, 2] = torch.tensor([0.3, 1.0, 4.0, 7.5])  # one-hot, the same cell
+        return out
+
+    hook = stage.register_forward_hook(repeat_channels)
+    try:
+        with torch.no_grad():
+            activations = model.forward_features(torch.from_numpy(x[:1]))[0].numpy()  # the edited map
+        chosen = np.array([int(targets[0]), (int(targets[0]) + 3) % 10])
+        passes = forward.score_cam(x[0], activations, chosen)
+        flat = activations.reshape(len(activations), -1)
+        assert flat[0].max() > flat[0].min()
+        assert passes.count <= int((flat.max(1) > flat.min(1)).sum()) - 8 - 3 + 1
+        ours = run_passes(passes, logits_fn)
+        theirs = package_cams(model, torch.from_numpy(x[:1]), "scorecam", chosen[None])[0]
+    finally:
+        hook.remove()
+    assert (ours.max(axis=(1, 2)) > 0.5).all()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)

@@ -27,7 +27,7 @@ from striate.explain.methods import GRADIENT_METHODS, METHODS
 from striate.manifest import Manifest, MethodParity, Preprocessing
 from training.explain.cams import WEIGHTS, cam
 from training.explain.head import SUPPORTED_HEAD_LAYERS, HeadVJP
-from training.explain.reference import TorchCAM, float64_cams, package_cams
+from training.explain.reference import TorchCAM, float64_cams, package_cams, package_float64_diff
 from training.export import export_model
 from training.export.images import real_batch
 from training.export.onnx_export import EXPLAIN_FILE, export_onnx
@@ -140,7 +140,8 @@ def assert_methods_match(model: nn.Module, size: int, tmp_path: Path, n: int = 4
         parity = MethodParity(method=method, max_abs_diff=diff, tolerance=TOLERANCE)
         if diff > TOLERANCE:  # float32 rounding: no farther from float64 than pytorch-grad-cam is
             reference64 = reference64 or float64_cams(model, images, chosen, list(CAM_OUTPUTS))
-            ours, theirs = (float(np.max(np.abs(m - reference64[method]))) for m in (maps, package))
+            ours = float(np.max(np.abs(maps - reference64[method])))
+            theirs = package_float64_diff(model, images, method, chosen, reference64[method])
             parity = parity.model_copy(update={"float64_diff": ours, "package_float64_diff": theirs})
         assert parity.passed, parity
     full = package_cam_at_input(model, x, chosen[:, 0].tolist())
@@ -260,6 +261,32 @@ def test_export_refuses_a_method_just_over_its_recorded_tolerance(method: str, t
     assert not results[method].passed
     assert 1.4 * TOLERANCE < results[method].max_abs_diff < 1.6 * TOLERANCE
     assert all(r.passed for m, r in results.items() if m != method)
+
+
+def test_float64_fallback_has_no_slack() -> None:
+    """Over the tolerance, a map passes only when no farther from float64 than pytorch-grad-cam."""
+    over = MethodParity(method="xgradcam", max_abs_diff=2e-4, tolerance=TOLERANCE, package_float64_diff=5e-4)
+    assert over.model_copy(update={"float64_diff": 5e-4}).passed
+    assert not over.model_copy(update={"float64_diff": 5.01e-4}).passed
+    assert not over.passed  # no float64 figures: the tolerance alone decides
+
+
+def test_cam_arithmetic_is_float64_whatever_the_inputs() -> None:
+    """An XGrad-CAM whose channel sums nearly cancel: float32 maps equal float64 arithmetic on the
+    same float32 activations and gradients, not float32 arithmetic."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(1, 1, 64, 7, 7, generator=gen) - 0.5
+    a[..., 0, 0] -= a.sum(dim=(-2, -1)) - 1e-6  # every channel sums to ~1e-6
+    g = torch.randn(1, 2, 64, 7, 7, generator=gen)
+    ours = cam("xgradcam", a, g)
+    assert ours.dtype == torch.float32
+    exact = cam("xgradcam", a.double(), g.double()).float()
+    torch.testing.assert_close(ours, exact, atol=0, rtol=0)
+    weights = WEIGHTS["xgradcam"](a, g)  # the same formula in float32 lands elsewhere
+    single = (weights * a).sum(dim=-3).relu()
+    single = single - single.amin(dim=(-2, -1), keepdim=True)
+    single = single / (1e-7 + single.amax(dim=(-2, -1), keepdim=True))
+    assert float((single - exact).abs().max()) > 1e-6
 
 
 def test_supported_head_layers_are_stated_once() -> None:

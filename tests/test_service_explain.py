@@ -14,6 +14,7 @@ import shutil
 
 import httpx
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -28,6 +29,8 @@ from service_fixtures import (
     without_gradient_graph,
 )
 
+from service.explain_graphs import prune, pruned_graph
+from service.repository import LoadedModel
 from striate.explain.methods import GRADIENT_METHODS, METHODS
 from striate.manifest import Manifest
 from striate.preprocess import decode_image, preprocess
@@ -73,7 +76,7 @@ def test_metadata_lists_methods_with_parity(client):
         assert m["kind"] == METHODS[m["name"]].kind and m["title"] == METHODS[m["name"]].title
         assert (m["parity"] is not None and m["parity"] <= 1e-4) == (m["kind"] == "gradient")
     assert info["scores"] == ["road", "deletion", "insertion", "drop"]
-    assert (info["max_targets"], info["max_passes"]) == (10, 1024)
+    assert (info["max_targets"], info["max_passes"]) == (10, 2048)
     plain = client.get("/v1/models/plain").json()["explain"]
     assert [m["name"] for m in plain["methods"]] == ["eigencam", "scorecam", "occlusion", "rise"]
     assert plain["default_method"] == "occlusion" and plain["target_layer"] == "s2"
@@ -167,6 +170,35 @@ def test_forward_passes_go_through_the_batcher_in_chunks(client):
     assert _batches(client) - before >= 512 / 32  # 512 masks in chunks of at most max_batch_size
 
 
+def test_a_gradient_request_runs_only_its_methods_graph(client, model_dir):
+    """Each gradient method gets its own pruned explain graph: the full one (all five maps) never runs."""
+    full_before = _batches(client, "explain")
+    for method in ("layercam", "gradcam"):
+        before = _batches(client, f"explain_{method}")
+        r = client.post(
+            f"/v1/models/digits/explain?method={method}&targets=2,4", content=digits_png_bytes(3), headers=PNG
+        )
+        assert r.status_code == 200, r.text
+        assert _batches(client, f"explain_{method}") == before + 1
+    assert _batches(client, "explain") == full_before
+
+
+def test_pruned_graph_keeps_one_method_and_its_numbers(model_dir):
+    bundle = model_dir / "digits" / "1"
+    manifest = Manifest.load(bundle)
+    model = LoadedModel("digits", 1, bundle, manifest, graph=None, explain=None, batcher=None)
+    ex = manifest.explain
+    outputs = [ex.logits_output, ex.explained_output, ex.cam_outputs["xgradcam"]]
+    full_nodes = len(onnx.load(str(bundle / ex.graph)).graph.node)
+    assert len(prune(bundle / ex.graph, outputs).graph.node) < full_nodes
+    graph = pruned_graph(model, outputs, make_settings(model_dir))
+    assert list(graph.outputs) == outputs
+    feeds = {"image": tensor(model_dir, "digits", digits_png_bytes(8)), "targets": np.array([[-1, 3]])}
+    full = direct(model_dir, "digits", ex.graph, feeds, outputs)
+    for got, want in zip(graph.run(feeds, outputs).values(), full, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("score", ["road", "deletion", "insertion", "drop"])
 def test_scores_come_with_every_map(client, score):
     body = client.post(
@@ -210,9 +242,12 @@ def test_bad_explain_requests_are_clear_422s(client, query, model, message):
 
 
 def test_pass_cap_counts_every_image(client):
-    files = [("files", (f"{i}.png", digits_png_bytes(i), "image/png")) for i in range(3)]
+    files = [("files", (f"{i}.png", digits_png_bytes(i), "image/png")) for i in range(5)]
     r = client.post("/v1/models/digits/explain?method=rise", files=files)
-    assert r.status_code == 422 and "1536 forward passes (512 per image)" in r.json()["error"]["message"]
+    assert r.status_code == 422, r.text
+    message = r.json()["error"]["message"]
+    assert "2560 forward passes (512 per image)" in message and "limit of 2048" in message
+    assert "STRIATE_MAX_EXPLAIN_PASSES" in message
 
 
 def test_openapi_declares_the_explain_errors(client):

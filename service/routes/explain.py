@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from service.deps import ApiKey, InferenceDep, ModelDep, SettingsDep, UploadsDep
 from service.errors import Unprocessable
 from service.explain import explain as run_explain
-from service.explain import parse_query
+from service.explain import first_batcher, parse_query
 from service.inference import softmax, top_k
 from service.render import heatmap_png, overlay_png
 from service.routes.common import NPY, error_responses, header_value, model_post, png_response, prediction_headers
@@ -69,8 +69,7 @@ async def explain(
             f"format={format} takes exactly one image and one target ({len(uploads)} images, "
             f"{len(query.targets)} targets sent); use format=json or npy"
         )
-    gradient = METHODS[query.method].kind == "gradient"
-    with (model.explain_batcher if gradient else model.batcher).announce():  # its first run is on its way
+    with (await first_batcher(model, query.method, settings)).announce():  # its first run is on its way
         decoded = await inference.decode(model, uploads, keep=format in ("png", "overlay"))
     result = await run_explain(model, decoded.tensor, query, settings)
     labels = model.manifest.labels

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
 from service.deps import ApiKey, InferenceDep, ModelDep, RepositoryDep, SettingsDep
-from service.errors import BadRequest, NotReady
+from service.errors import NotReady
 from service.oip import INFER_REQUEST_SCHEMA, INFER_RESPONSE_SCHEMA, decompress, encode_response, parse_request
 from service.routes.common import error_responses, model_route
+from service.routes.v2_io import image_tensor, infer_response, wanted_outputs
 from service.tensors import check_inputs, classification, explain_names, input_spec, output_specs, run_tensors
 from striate import __version__
 
@@ -136,25 +136,12 @@ async def infer(
     req = parse_request(body, inference_header_content_length)
     image, target = check_inputs(model, req.inputs, settings.max_images)
     known = [o["name"] for o in output_specs(model)]
-    if req.outputs is None:
-        wanted = {o.name: req.binary_default for o in model.manifest.outputs}
-    else:
-        unknown = sorted(set(req.outputs) - set(known))
-        if unknown:
-            raise BadRequest(f"unknown output(s) {unknown}; {model.name} has {known}")
-        wanted = req.outputs
-    if isinstance(image, list):  # BYTES: encoded images, decoded with the manifest's preprocessing
-        image = (await inference.decode(model, image)).tensor
-    arrays = await run_tensors(model, np.ascontiguousarray(image), target, list(wanted))
+    wanted = wanted_outputs(req, known, [o.name for o in model.manifest.outputs], f"{model.name} has")
+    image = await image_tensor(inference, model, image)
+    arrays = await run_tensors(model, image, target, list(wanted))
     for name, k in req.classification.items():
         arrays[name] = classification(model, name, arrays[name], k)
     body, header_length = encode_response(
         model.name, model.version, req.id, {n: (arrays[n], wanted[n]) for n in wanted}
     )
-    if header_length is None:
-        return Response(content=body, media_type="application/json")
-    return Response(
-        content=body,
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(header_length)},
-    )
+    return infer_response(body, header_length)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -26,6 +25,7 @@ from service.explain import parse_query
 from service.oip import decompress, encode_response, parse_request
 from service.routes.common import error_responses, model_route
 from service.routes.v2 import INFER_BODY, INFER_RESPONSES
+from service.routes.v2_io import image_tensor, infer_response, wanted_outputs
 from service.tensors import check_inputs
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"], dependencies=[ApiKey])
@@ -84,16 +84,8 @@ async def explain(model: ModelDep, request: Request, settings: SettingsDep, infe
         _str_or_none("score", p.get("score")),
     )
     available = [n for n in OUTPUTS if n != "score" or query.score]
-    if req.outputs is None:
-        wanted = {n: req.binary_default for n in available}
-    else:
-        unknown = sorted(set(req.outputs) - set(available))
-        if unknown:
-            raise BadRequest(f"unknown output(s) {unknown}; explain gives {available}")
-        wanted = req.outputs
-    if isinstance(image, list):  # BYTES: encoded images, decoded with the manifest's preprocessing
-        image = (await inference.decode(model, image)).tensor
-    result = await run_explain(model, np.ascontiguousarray(image, dtype=np.float32), query, settings)
+    wanted = wanted_outputs(req, available, available, "explain gives")
+    result = await run_explain(model, await image_tensor(inference, model, image), query, settings)
     arrays = {"cam": result.cams, "explained": result.explained, "logits": result.logits, "score": result.scores}
     body, header_length = encode_response(
         model.name, model.version, req.id, {n: (arrays[n], wanted[n]) for n in wanted}
@@ -102,10 +94,4 @@ async def explain(model: ModelDep, request: Request, settings: SettingsDep, infe
     head = json.loads(body[:split])
     head["parameters"] = {"method": result.method, "target_layer": result.target_layer or ""}
     new_head = json.dumps(head, separators=(",", ":")).encode()
-    if header_length is None:
-        return Response(content=new_head, media_type="application/json")
-    return Response(
-        content=new_head + body[split:],
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(len(new_head))},
-    )
+    return infer_response(new_head + body[split:], None if header_length is None else len(new_head))

@@ -47,22 +47,28 @@ def _torch_bilinear_align_corners(maps: np.ndarray, size: tuple[int, int]) -> np
 def score_cam(x: np.ndarray, activations: np.ndarray, targets: np.ndarray) -> Passes:
     """Score-CAM of `x` [C, H, W] from the target layer's `activations` [K, h, w]; maps [T, h, w].
 
-    A constant channel (a dead one, all zeros after ReLU, is common) masks the whole input to zero;
-    all of them share one pass instead of one each, which changes no number. The masks are made
+    Channels that give the same masked input share one pass, which changes no number: a constant
+    channel (a dead one, all zeros after ReLU, is common) masks the whole input to zero, and two
+    channels whose min-max scaled maps are equal (one a positive multiple of the other plus a
+    constant, such as two one-hot maps on the same cell) give the same mask. The masks are made
     chunk by chunk (at 224 px, all of them at once would take ~100 MB).
     """
     acts = activations.astype(np.float32)
     flat = acts.reshape(len(acts), -1)
-    varying = np.flatnonzero(flat.max(axis=1) > flat.min(axis=1))
+    lo, hi = flat.min(axis=1), flat.max(axis=1)
+    varying = np.flatnonzero(hi > lo)
+    scaled = (flat[varying].astype(np.float64) - lo[varying, None]) / (hi - lo)[varying, None].astype(np.float64)
+    _, first, group = np.unique(scaled, axis=0, return_index=True, return_inverse=True)
+    distinct = varying[first]  # one channel per distinct mask; group[i]: the mask of varying[i]
     constant = len(varying) < len(acts)
 
     def make(a: int, b: int) -> np.ndarray:
-        channels = varying[a : min(b, len(varying))]
+        channels = distinct[a : min(b, len(distinct))]
         up = _torch_bilinear_align_corners(acts[channels], x.shape[1:])
-        lo = up.min(axis=(1, 2), keepdims=True)
-        hi = up.max(axis=(1, 2), keepdims=True)
-        out = x[None] * ((up - lo) / (hi - lo + 1e-8))[:, None]
-        if b > len(varying):  # the last pass: the all-zero input of the constant channels
+        lo_up = up.min(axis=(1, 2), keepdims=True)
+        hi_up = up.max(axis=(1, 2), keepdims=True)
+        out = x[None] * ((up - lo_up) / (hi_up - lo_up + 1e-8))[:, None]
+        if b > len(distinct):  # the last pass: the all-zero input of the constant channels
             out = np.concatenate([out, np.zeros_like(x)[None]])
         return out
 
@@ -70,12 +76,12 @@ def score_cam(x: np.ndarray, activations: np.ndarray, targets: np.ndarray) -> Pa
         per_channel = np.empty((len(acts), logits.shape[1]), logits.dtype)
         if constant:
             per_channel[:] = logits[-1]
-        per_channel[varying] = logits[: len(varying)]
+        per_channel[varying] = logits[: len(distinct)][group.reshape(-1)]
         weights = softmax(per_channel[:, targets].T)  # [T, K]: softmax over channels of the target's logit
         cam = np.maximum(np.einsum("tk,khw->thw", weights, acts), 0.0)
         return scale_map(scale_map(cam))
 
-    return Passes(len(varying) + int(constant), make, finish)
+    return Passes(len(distinct) + int(constant), make, finish)
 
 
 def eigen_cam(activations: np.ndarray, num_targets: int) -> np.ndarray:

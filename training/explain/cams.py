@@ -21,6 +21,7 @@ from striate.explain.methods import GRADIENT_METHODS
 WeightsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SCALE_EPS = 1e-7  # the epsilon pytorch_grad_cam.utils.image.scale_cam_image adds to the max
 SPATIAL = (-2, -1)
+CAM_DTYPE = torch.float64  # the precision of every map's own arithmetic (see `cam`)
 
 WEIGHTS: dict[str, WeightsFn] = {}
 
@@ -82,13 +83,19 @@ def scale_cam(cam: torch.Tensor) -> torch.Tensor:
 
 
 def cam(method: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """[..., h, w] map of `method` in [0, 1] from activations and gradients [..., C, h, w].
+    """[..., h, w] map of `method` in [0, 1] from activations and gradients [..., C, h, w], in a's dtype.
 
+    Weights, channel sum, ReLU and scaling run in float64 (`CAM_DTYPE`) whatever a and g hold: a
+    map whose terms nearly cancel (XGrad-CAM divides by a channel's activation sum, ~0 after
+    Hardswish) then carries only the rounding of a and g themselves, never that of its own
+    arithmetic, so it lands no farther from a float64 model than pytorch-grad-cam's float32 sum.
     pytorch-grad-cam scales once per target layer, then once more after merging the layers; the
     second pass matters when the map's maximum is small (it moves values by ~1e-7 / max).
     """
     fn = WEIGHTS.get(method)
     if fn is None:
         raise StriateError(f"no gradient method {method!r}; gradient methods: {', '.join(WEIGHTS)}")
+    out_dtype = a.dtype
+    a, g = a.to(CAM_DTYPE), g.to(CAM_DTYPE)
     raw = (fn(a, g) * a).sum(dim=-3)
-    return scale_cam(scale_cam(F.relu(raw)))
+    return scale_cam(scale_cam(F.relu(raw))).to(out_dtype)

@@ -3,7 +3,8 @@
 `TorchCAM` hooks the target layer, takes activations and autograd gradients for every target and
 applies the same weights functions as the exported graph (cams.py); analysis uses it on
 checkpoints, and in float64 it is the yardstick the export's parity falls back on. `package_cams`
-runs pytorch-grad-cam's class of the same name, the reference users compare against.
+runs pytorch-grad-cam's class of the same name, the reference users compare against, and
+`package_float64_diff` says how far it lands from that yardstick.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ from torch import nn
 from striate.explain.methods import METHODS
 
 from .cams import cam
+
+# Torch thread counts pytorch-grad-cam is run with when its distance from float64 is measured: its
+# convolutions sum in a different order on one thread than on several, which moves an ill-
+# conditioned map by as much as our own float32 forward does (MobileNetV3-Large XGrad-CAM at 224:
+# 4.3e-4 from float64 on one thread, 6.0e-4 on two or more).
+PACKAGE_THREADS = (1, 4)
 
 
 class TorchCAM:
@@ -98,3 +105,21 @@ def package_cams(model: nn.Module, images: torch.Tensor, method: str, targets: n
     finally:
         explainer.activations_and_grads.release()
     return np.stack(columns, axis=1)
+
+
+def package_float64_diff(
+    model: nn.Module, images: np.ndarray, method: str, targets: np.ndarray, reference: np.ndarray
+) -> float:
+    """How far pytorch-grad-cam's own maps land from the float64 `reference`: the farthest of its
+    runs on `PACKAGE_THREADS` torch threads (the thread setting is restored afterwards)."""
+    before = torch.get_num_threads()
+    x = torch.from_numpy(np.asarray(images, np.float32))
+    try:
+        diffs = []
+        for threads in PACKAGE_THREADS:
+            torch.set_num_threads(threads)
+            maps = package_cams(model, x, method, targets)
+            diffs.append(float(np.max(np.abs(maps.astype(np.float64) - reference))))
+        return max(diffs)
+    finally:
+        torch.set_num_threads(before)
