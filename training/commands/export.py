@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write an INT8 model.onnx (static QDQ, calibrated on training images) as its own version",
     )
     parser.add_argument(
+        "--fp16", action="store_true", help="model.onnx in float16 inside, float32 inputs/outputs (for GPUs)"
+    )
+    parser.add_argument(
         "--calib-images", type=int, default=None, help="training images to calibrate INT8 on (default: 256)"
     )
 
@@ -27,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from training.export import export_checkpoint
     from training.export.api import CALIB_IMAGES
 
+    if args.fp16 and args.quantize:
+        raise StriateError("--fp16 and --quantize int8 are alternatives; choose one")
     if args.calib_images is not None and not args.quantize:
         raise StriateError("--calib-images only applies with --quantize int8")
     path = export_checkpoint(
@@ -37,6 +42,11 @@ def run(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         calib_images=CALIB_IMAGES if args.calib_images is None else args.calib_images,
     )
+    if args.fp16:
+        from training.export.fp16 import convert_bundle
+
+        fp16 = convert_bundle(path)
+        print(f"float16 graph: logits within {fp16.max_abs_diff_logits:.2g}, top-1 agreement {fp16.top1_agreement:.0%}")
     manifest = Manifest.load(path)
     parity = manifest.provenance.parity
     print(f"wrote {path}/ ({manifest.architecture}, {len(manifest.labels)} classes, opset {manifest.provenance.opset})")
