@@ -242,7 +242,7 @@ def _wait_ready(proc: subprocess.Popen, url: str) -> subprocess.Popen:
         if proc.poll() is not None:
             raise SystemExit(f"server exited at start-up: {proc.args}")
         try:
-            httpx.post(url, content=b"")  # any answer: listening (striate listens once its models loaded)
+            httpx.get(url)  # any answer: listening (striate listens once its models are loaded)
         except httpx.TransportError:
             time.sleep(0.2)
             continue
@@ -265,14 +265,14 @@ def start_server(model_dir: Path, port: int, workers: int = 1, intra: int = 1, c
     pin = ["taskset", "-c", str(core)] if core is not None else []
     cmd = [sys.executable, "-m", "striate.cli", "serve", "--model-dir", str(model_dir), "--port", str(port)]
     proc = subprocess.Popen([*pin, *cmd, "--log-level", "warning"], env=env, cwd=REPO)
-    return _wait_ready(proc, f"http://127.0.0.1:{port}/v1/models/none/classify")
+    return _wait_ready(proc, f"http://127.0.0.1:{port}/openapi.json")
 
 
 def start_reference(kind: str, port: int, bundle: Path | None = None) -> subprocess.Popen:
     cmd = ["taskset", "-c", str(SERVER_CORE), sys.executable, str(REPO / "bench" / "reference_servers.py"), kind]
     cmd += ["--port", str(port), *(["--bundle", str(bundle)] if bundle else [])]
     proc = subprocess.Popen(cmd, env=os.environ | {"PYTHONPATH": str(REPO)}, cwd=REPO)
-    return _wait_ready(proc, f"http://127.0.0.1:{port}/v1/models/none/classify")
+    return _wait_ready(proc, f"http://127.0.0.1:{port}/openapi.json")
 
 
 def measure(proc: subprocess.Popen, url: str, body: bytes, concurrency: int, total: int) -> dict:

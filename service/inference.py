@@ -17,9 +17,10 @@ from service.settings import Settings
 from striate.manifest import FeatureLayer
 from striate.preprocess import ImageDecodeError, decode_image, preprocess
 
-# Requests whose images are small, in bytes and in pixels (read from the header), are decoded on
-# the event loop: well under a millisecond, less than a round trip through the thread pool costs.
-# The pixel check keeps a small file that inflates to a large image off the loop.
+# Requests whose images are small, in bytes and in pixels (read from the header), are decoded without
+# a thread hop of their own: by the batch worker with the run (`run`), or on the event loop (`decode`):
+# well under a millisecond, less than a round trip through the thread pool costs. The pixel check
+# keeps a small file that inflates to a large image off the loop and out of the batch worker.
 INLINE_DECODE_BYTES = 64 * 1024
 INLINE_DECODE_PIXELS = 128 * 128
 
@@ -106,9 +107,10 @@ class Inference:
     async def run(self, model: LoadedModel, uploads: list[Upload], outputs: list[str]) -> dict[str, np.ndarray]:
         """Decode `uploads` and run the model graph for `outputs`, batched with other requests.
 
-        Small bodies are decoded by the batch worker, together with the batch's run: one thread hop
-        per batch, no decode on the event loop. Large ones are decoded in parallel threads first."""
-        if sum(len(u.data) for u in uploads) <= INLINE_DECODE_BYTES:
+        Small images are decoded by the batch worker, together with the batch's run: one thread hop
+        per batch, no decode on the event loop. Large ones (in bytes or pixels) are decoded in the
+        decode threads first, in parallel, announced so that the batch may wait for them."""
+        if _decode_inline(uploads):  # small in bytes and pixels: never holds the batch worker long
             spec = model.manifest.input
             key = ((spec.name, (spec.channels, spec.height, spec.width)),)
             return await model.batcher.submit_encoded(lambda: self._prepare(model, uploads), len(uploads), key, outputs)

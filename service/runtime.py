@@ -78,18 +78,22 @@ class Graph:
         return dict(zip(outputs, self.session.run(outputs, feeds), strict=True))
 
 
+REUSED_SHAPES = 8  # device input buffers kept per thread and input
+
+
 @dataclass
 class _Binding:
-    """One thread's I/O binding and its input buffers (name -> OrtValue on the device)."""
+    """One thread's I/O binding and its input buffers on the device."""
 
     binding: ort.IOBinding
-    inputs: dict[str, ort.OrtValue] = field(default_factory=dict)
+    inputs: dict[tuple, ort.OrtValue] = field(default_factory=dict)  # (name, shape, dtype) -> buffer
 
 
 class BoundRuns:
     """Runs through `IOBinding`, one binding per thread (a binding is not thread-safe).
 
-    An input buffer is allocated on the device once per shape and refilled with `update_inplace`
+    An input buffer is allocated on the device once per shape (the last `REUSED_SHAPES` batch shapes
+    are kept: dynamic batching varies the batch size) and refilled with `update_inplace`
     (a host-to-device copy, no allocation); outputs are bound to the device, so onnxruntime writes
     them where the graph computed them, and `copy_outputs_to_cpu` brings them back in one copy each.
     """
@@ -109,14 +113,17 @@ class BoundRuns:
         binding = state.binding
         for name, array in feeds.items():
             array = np.ascontiguousarray(array)
-            buffer = state.inputs.get(name)
-            if buffer is None or buffer.shape() != list(array.shape) or buffer.data_type() != _ort_type(array):
+            key = (name, array.shape, array.dtype.str)
+            buffer = state.inputs.pop(key, None)
+            if buffer is None:
                 # on the CPU an OrtValue wraps the array itself, so a fresh one per call costs nothing
                 buffer = ort.OrtValue.ortvalue_from_numpy(array, self.device, self.device_id)
-                if self.device != "cpu":
-                    state.inputs[name] = buffer
             else:
                 buffer.update_inplace(array)
+            if self.device != "cpu":
+                state.inputs[key] = buffer  # most recently used last
+                while len(state.inputs) > REUSED_SHAPES:
+                    state.inputs.pop(next(iter(state.inputs)))
             binding.bind_ortvalue_input(name, buffer)
         binding.clear_binding_outputs()
         for name in outputs:
@@ -125,10 +132,6 @@ class BoundRuns:
         values = binding.copy_outputs_to_cpu()
         binding.clear_binding_inputs()
         return dict(zip(outputs, values, strict=True))
-
-
-def _ort_type(array: np.ndarray) -> str:
-    return next((name for name, dtype in ORT_DTYPES.items() if dtype == array.dtype), "")
 
 
 def _info(arg) -> TensorInfo:
