@@ -115,15 +115,14 @@ class BoundRuns:
             array = np.ascontiguousarray(array)
             key = (name, array.shape, array.dtype.str)
             buffer = state.inputs.pop(key, None)
-            if buffer is None:
-                # on the CPU an OrtValue wraps the array itself, so a fresh one per call costs nothing
-                buffer = ort.OrtValue.ortvalue_from_numpy(array, self.device, self.device_id)
-            else:
-                buffer.update_inplace(array)
-            if self.device != "cpu":
-                state.inputs[key] = buffer  # most recently used last
-                while len(state.inputs) > REUSED_SHAPES:
-                    state.inputs.pop(next(iter(state.inputs)))
+            if buffer is None:  # memory onnxruntime owns, on the device (on the CPU too: the same path)
+                buffer = ort.OrtValue.ortvalue_from_shape_and_type(
+                    list(array.shape), array.dtype.type, self.device, self.device_id
+                )
+            buffer.update_inplace(array)
+            state.inputs[key] = buffer  # most recently used last
+            while len(state.inputs) > REUSED_SHAPES:
+                state.inputs.pop(next(iter(state.inputs)))
             binding.bind_ortvalue_input(name, buffer)
         binding.clear_binding_outputs()
         for name in outputs:

@@ -65,6 +65,12 @@ def test_bound_runs_match_plain_runs_across_shapes_threads_and_reuse(tmp_path):
     for t in threads:
         t.join()
     assert not failures
+    buffers = []
+    for _ in range(2):  # the second call refills the first call's buffer, and answers its own input
+        x = rng.standard_normal((4, 1, 32, 32)).astype(np.float32)
+        assert np.allclose(bound.run({"image": x}, ["logits"])["logits"], plain.run({"image": x}, ["logits"])["logits"])
+        buffers.append(list(bound.bound._state().inputs.values()))
+    assert len(buffers[1]) == 1 and buffers[1][0] is buffers[0][0]
     # results own their memory: a later run does not change an earlier answer
     x = rng.standard_normal((2, 1, 32, 32)).astype(np.float32)
     first = bound.run({"image": x}, ["logits"])["logits"]
