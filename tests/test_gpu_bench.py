@@ -20,6 +20,7 @@ def test_without_cuda_it_says_what_to_install_and_exits_2():
     assert "no CUDA here" in out.stderr and "onnxruntime-gpu" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_the_whole_benchmark_runs_on_the_cpu_provider_and_checks_its_outputs(tmp_path):
     result = tmp_path / "gpu.json"
     cmd = [sys.executable, str(SCRIPT), "--cpu-dry-run", "--seconds", "0.01", "--bundle", str(DEFAULT_BUNDLE)]
