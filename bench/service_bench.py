@@ -1,17 +1,20 @@
-"""Service benchmark: JPEG requests through `striate serve` vs raw in-process onnxruntime.
+"""Service benchmark: `striate serve` against raw onnxruntime, the HTTP floor and a naive server.
 
-    .venv/bin/python bench/service_bench.py            # full run (a few minutes)
-    .venv/bin/python bench/service_bench.py --quick    # fewer requests
+    .venv/bin/python bench/service_bench.py            # full run (about 4 minutes)
+    .venv/bin/python bench/service_bench.py --quick    # fewer requests (about 2 minutes)
 
-What it measures, on a resnet18 224x224 bundle (random weights, exported with training.export into
-artifacts/bench-models/) and on the default bundle (exported/digits/1):
-- classify at concurrency 1, 8, 32: req/s, p50, p99; against raw onnxruntime on the same core at
-  its best batch size (model only, and decode + preprocess + model, which is what the server does);
-- explain vs classify request cost (p50 at concurrency 1, throughput at concurrency 8);
-- server RSS after 1k and after 10k requests (default bundle).
-The server is pinned to one core and the load generator to another (taskset / sched_setaffinity);
-onnxruntime gets one intra-op thread, so "raw" and "server" have exactly the same compute.
-Results: printed as a table and written to bench/results/service.json.
+One run, side by side, on the default bundle (exported/digits/1, 1x32x32) and resnet18 at 224x224
+(random weights, exported into artifacts/bench-models/), JPEG bodies, classify at concurrency 1, 16
+and 64. The servers are pinned to one core and the load generator to the other; onnxruntime gets
+one intra-op thread, so every row has the same compute. Rows:
+- raw: onnxruntime in-process at its best batch size, with decode + preprocess (images/s);
+- http floor: a FastAPI hello-world reading the body, on the same stack (uvicorn, httptools, uvloop);
+- limit: what any server on this stack could do: 1 / (1 / floor + 1 / raw);
+- striate: `striate serve` (one worker); naive: FastAPI + onnxruntime, one image per call.
+Each server row gives req/s, p50, p99, its ratio to raw and to the limit, and its CPU per request.
+Then every core: digits at concurrency 64 with one worker per core vs one worker on one core, and
+resnet18 at concurrency 1 with one intra-op thread vs one per core; and (full run) server RSS
+after 1k and 10k requests. Results: printed as tables and written to bench/results/service.json.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH_MODELS = REPO / "artifacts" / "bench-models"
 DEFAULT_BUNDLE = REPO / "exported" / "digits" / "1"
 SERVER_CORE, CLIENT_CORE = 0, 1
+CONCURRENCY = (1, 16, 64)
 
 
 # -- bundles and inputs ---------------------------------------------------------------------------
@@ -210,9 +214,17 @@ def load(url: str, body: bytes, concurrency: int, total: int, ctype: str = "imag
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all threads (from /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its children now alive (workers), from /proc."""
+    total = 0.0
+    for p in [pid, *_children(pid)]:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
 
 
 def rss_mb(pid: int) -> float:
@@ -222,48 +234,63 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(model_dir: Path, port: int) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STRIATE_")} | {
-        "STRIATE_INTRA_OP_THREADS": "1",
-        "STRIATE_INTER_OP_THREADS": "1",
-        "STRIATE_PREPROCESS_THREADS": "2",
-        "STRIATE_MAX_BATCH_SIZE": "32",
-        "STRIATE_MAX_BATCH_DELAY_MS": "5",
-        "PYTHONPATH": str(REPO),
-    }
-    cmd = [
-        "taskset",
-        "-c",
-        str(SERVER_CORE),
-        sys.executable,
-        "-m",
-        "striate.cli",
-        "serve",
-        "--model-dir",
-        str(model_dir),
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO)
+def _wait_ready(proc: subprocess.Popen, url: str) -> subprocess.Popen:
     import httpx
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited at start-up: {proc.args}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return proc
+            httpx.get(url)  # any answer: listening (striate listens once its models are loaded)
         except httpx.TransportError:
             time.sleep(0.2)
+            continue
+        time.sleep(0.5)
+        if proc.poll() is None:  # still alive: the answer was its own, not a leftover's on that port
+            return proc
     proc.terminate()
-    raise SystemExit("server did not become ready")
+    raise SystemExit(f"server did not become ready: {proc.args}")
+
+
+def start_server(model_dir: Path, port: int, workers: int = 1, intra: int = 1, core: int | None = SERVER_CORE):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRIATE_")} | {
+        "STRIATE_WORKERS": str(workers),
+        "STRIATE_INTRA_OP_THREADS": str(intra),
+        "STRIATE_INTER_OP_THREADS": "1",
+        "STRIATE_MAX_BATCH_SIZE": "32",
+        "STRIATE_MAX_BATCH_DELAY_MS": "5",
+        "PYTHONPATH": str(REPO),
+    }
+    pin = ["taskset", "-c", str(core)] if core is not None else []
+    cmd = [sys.executable, "-m", "striate.cli", "serve", "--model-dir", str(model_dir), "--port", str(port)]
+    proc = subprocess.Popen([*pin, *cmd, "--log-level", "warning"], env=env, cwd=REPO)
+    return _wait_ready(proc, f"http://127.0.0.1:{port}/openapi.json")
+
+
+def start_reference(kind: str, port: int, bundle: Path | None = None) -> subprocess.Popen:
+    cmd = ["taskset", "-c", str(SERVER_CORE), sys.executable, str(REPO / "bench" / "reference_servers.py"), kind]
+    cmd += ["--port", str(port), *(["--bundle", str(bundle)] if bundle else [])]
+    proc = subprocess.Popen(cmd, env=os.environ | {"PYTHONPATH": str(REPO)}, cwd=REPO)
+    return _wait_ready(proc, f"http://127.0.0.1:{port}/openapi.json")
+
+
+def measure(proc: subprocess.Popen, url: str, body: bytes, concurrency: int, total: int) -> dict:
+    global SERVER_PID
+    SERVER_PID = proc.pid
+    return load(url, body, concurrency, max(total, concurrency))
+
+
+def requests_for(name: str, concurrency: int, scale: float) -> int:
+    if name == "resnet18":  # about 25 images/s on one core
+        return int({1: 40, 16: 96, 64: 192}[concurrency] * scale)
+    return int((1000 if concurrency == 1 else 3000) * scale)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
-    parser.add_argument("--port", type=int, default=18731)
+    parser.add_argument("--quick", action="store_true", help="fewer requests, no RSS run (a smoke run)")
+    parser.add_argument("--port", type=int, default=18731, help="first of the ports the servers use")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "service.json")
     parser.add_argument("--default-bundle", type=Path, default=DEFAULT_BUNDLE, help="default: exported/digits/1")
     parser.add_argument("--raw", type=Path, help=argparse.SUPPRESS)  # child mode: raw baseline of a bundle
@@ -273,136 +300,152 @@ def main() -> int:
         print(json.dumps(raw_baseline(args.raw, args.jpeg.read_bytes(), 6.0 if not args.quick else 2.0)))
         return 0
     if os.cpu_count() < 2:
-        raise SystemExit("needs 2 cores: one for the server, one for the load generator")
+        raise SystemExit("needs 2 cores: one for the servers, one for the load generator")
     scale = 0.25 if args.quick else 1.0
     names = prepare_models(args.default_bundle)
     os.sched_setaffinity(0, {CLIENT_CORE})
     results: dict = {
         "cores": {"server": SERVER_CORE, "client": CLIENT_CORE},
         "load_average_at_start": os.getloadavg(),
+        "quick": args.quick,
         "models": {},
     }
     tmp = REPO / "artifacts" / "bench-tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     for name in names:
-        body = jpeg_for(name)
-        (tmp / f"{name}.jpg").write_bytes(body)
+        (tmp / f"{name}.jpg").write_bytes(jpeg_for(name))
+        pin = ["taskset", "-c", str(SERVER_CORE)]
+        child = [sys.executable, __file__, "--raw", str(BENCH_MODELS / name / "1"), "--jpeg", str(tmp / f"{name}.jpg")]
         raw = subprocess.run(
-            [
-                "taskset",
-                "-c",
-                str(SERVER_CORE),
-                sys.executable,
-                __file__,
-                "--raw",
-                str(BENCH_MODELS / name / "1"),
-                "--jpeg",
-                str(tmp / f"{name}.jpg"),
-                *(["--quick"] if args.quick else []),
-            ],
+            [*pin, *child, *(["--quick"] if args.quick else [])],
             capture_output=True,
             text=True,
             check=True,
             env=os.environ | {"PYTHONPATH": str(REPO)},
         )
-        results["models"][name] = {"raw": json.loads(raw.stdout.strip().splitlines()[-1]), "classify": []}
-    global SERVER_PID
-    proc = start_server(BENCH_MODELS, args.port)
-    SERVER_PID = proc.pid
-    base = f"http://127.0.0.1:{args.port}/v1/models"
+        results["models"][name] = {"raw": json.loads(raw.stdout.strip().splitlines()[-1]), "rows": {}}
+    port = iter(range(args.port, args.port + 20))
+    servers: dict[str, subprocess.Popen] = {}
     try:
+        servers["http floor"] = start_reference("hello", next(port))
+        servers["striate"] = start_server(BENCH_MODELS, next(port))
         for name in names:
-            body = jpeg_for(name)
-            heavy = name == "resnet18"
-            res = results["models"][name]
-            for c in (1, 8, 32):
-                n = int((60 if c == 1 else 8 * c) * scale) if heavy else int(3000 * scale)
-                res["classify"].append(load(f"{base}/{name}/classify", body, c, max(n, c)))
-            n1 = int((60 if heavy else 1000) * scale)
-            n8 = int((96 if heavy else 2000) * scale)
-            cl1 = load(f"{base}/{name}/classify", body, 1, n1)
-            ex1 = load(f"{base}/{name}/explain", body, 1, n1)
-            cl8 = load(f"{base}/{name}/classify", body, 8, n8)
-            ex8 = load(f"{base}/{name}/explain", body, 8, n8)
-            res["explain_vs_classify"] = {
-                "p50_ratio_c1": ex1["p50_ms"] / cl1["p50_ms"],
-                "throughput_cost_ratio_c8": cl8["rps"] / ex8["rps"],
-                "cpu_cost_ratio_c8": ex8["server_cpu_ms_per_request"] / cl8["server_cpu_ms_per_request"],
-                "classify_c1": cl1,
-                "explain_c1": ex1,
-                "classify_c8": cl8,
-                "explain_c8": ex8,
-            }
-        rss_model = names[-1]  # the default bundle (or its stand-in)
-        body = jpeg_for(rss_model)
-        n_first, n_total = (1000, 10000)
-        load(f"{base}/{rss_model}/classify", body, 8, n_first)
-        after_first = rss_mb(proc.pid)
-        load(f"{base}/{rss_model}/classify", body, 8, n_total - n_first)
-        after_all = rss_mb(proc.pid)
-        results["rss"] = {
-            "model": rss_model,
-            "after_requests": [n_first, n_total],
-            "rss_mb": [after_first, after_all],
-            "growth": after_all / after_first - 1.0,
-        }
+            servers[f"naive {name}"] = start_reference("naive", next(port), BENCH_MODELS / name / "1")
+        urls = {k: f"http://127.0.0.1:{p.args[p.args.index('--port') + 1]}/v1/models" for k, p in servers.items()}
+        for name in names:
+            body, res = jpeg_for(name), results["models"][name]
+            for c in CONCURRENCY:
+                n = requests_for(name, c, scale)
+                for kind in ("http floor", "striate", f"naive {name}"):
+                    row = measure(servers[kind], f"{urls[kind]}/{name}/classify", body, c, n)
+                    res["rows"].setdefault(kind.split()[0] if kind.startswith("naive") else kind, []).append(row)
+        results["cores_section"] = every_core(servers["striate"], urls["striate"], next(port), scale)
+        if not args.quick:
+            results["rss"] = rss_run(servers["striate"], urls["striate"], names[-1])
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        for proc in servers.values():
+            proc.terminate()
+            proc.wait(timeout=60)
     results["load_average_at_end"] = os.getloadavg()
     results["default_bundle"] = str(args.default_bundle)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     report(results)
+    print(f"\nwrote {args.out}")
     return 0
 
 
+def every_core(one: subprocess.Popen, one_url: str, port: int, scale: float) -> dict:
+    """Digits at c=64: one worker per core (unpinned) vs one worker on one core; resnet18 at c=1: one
+    intra-op thread vs one per core. The load generator shares the second core with the servers
+    here, so the CPU per request (which it does not touch) shows the scaling as well as req/s."""
+    cores = os.cpu_count() or 2  # this process is pinned to the client core; the machine has these
+    out: dict = {"cores": cores}
+    body = jpeg_for("digits")
+    n = int(4000 * scale)
+    out["digits_c64_one_worker_one_core"] = measure(one, f"{one_url}/digits/classify", body, 64, n)
+    many = start_server(BENCH_MODELS, port, workers=cores, intra=1, core=None)
+    try:
+        url = f"http://127.0.0.1:{port}/v1/models"
+        out["digits_c64_worker_per_core"] = measure(many, f"{url}/digits/classify", body, 64, n)
+    finally:
+        many.terminate()
+        many.wait(timeout=60)
+    big = jpeg_for("resnet18")
+    out["resnet18_c1_one_thread"] = measure(one, f"{one_url}/resnet18/classify", big, 1, int(60 * scale))
+    threads = start_server(BENCH_MODELS, port, workers=1, intra=cores, core=None)
+    try:
+        url = f"http://127.0.0.1:{port}/v1/models"
+        out["resnet18_c1_thread_per_core"] = measure(threads, f"{url}/resnet18/classify", big, 1, int(60 * scale))
+    finally:
+        threads.terminate()
+        threads.wait(timeout=60)
+    return out
+
+
+def rss_run(proc: subprocess.Popen, url: str, model: str) -> dict:
+    body = jpeg_for(model)
+    measure(proc, f"{url}/{model}/classify", body, 8, 1000)
+    after_first = rss_mb(proc.pid)
+    measure(proc, f"{url}/{model}/classify", body, 8, 9000)
+    after_all = rss_mb(proc.pid)
+    return {"model": model, "after_requests": [1000, 10000], "rss_mb": [after_first, after_all]}
+
+
 def report(results: dict) -> None:
-    for name, res in results["models"].items():
-        raw = res["raw"]
-        print(
-            f"\n## {name}: raw onnxruntime on 1 core: batch-1 {raw['batch1_ms']:.2f} ms "
-            f"(+ decode/preprocess {raw['preprocess_ms']:.2f} ms); best batch {raw['best_batch']}: "
-            f"{raw['model_only_ips']:.1f} img/s model only, "
-            f"{raw['with_preprocess_ips']:.1f} img/s with preprocessing"
-        )
-        print(
-            f"raw CPU per image at its best batch ({raw['cpu_best_batch']}): "
-            f"{raw['cpu_ms_per_image_model_only']:.2f} ms model only, "
-            f"{raw['cpu_ms_per_image_with_preprocess']:.2f} ms with decode + preprocess"
-        )
-        print(
-            "| concurrency | req/s | p50 ms | p99 ms | req/s vs raw (model only / with preprocess) "
-            "| server CPU ms/req | CPU efficiency vs raw (model only / with preprocess) | errors |"
-        )
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-        for row in res["classify"]:
-            cpu = row["server_cpu_ms_per_request"]
-            print(
-                f"| {row['concurrency']} | {row['rps']:.1f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
-                f"{row['rps'] / raw['model_only_ips']:.2f} / {row['rps'] / raw['with_preprocess_ips']:.2f} | "
-                f"{cpu:.2f} | {raw['cpu_ms_per_image_model_only'] / cpu:.2f} / "
-                f"{raw['cpu_ms_per_image_with_preprocess'] / cpu:.2f} | {row['errors']} |"
-            )
-        c1 = res["classify"][0]
-        print(
-            f"p50 at c=1 minus raw batch-1: {c1['p50_ms'] - raw['batch1_ms']:+.2f} ms (model only), "
-            f"{c1['p50_ms'] - raw['batch1_with_preprocess_ms']:+.2f} ms (with preprocess)"
-        )
-        ev = res["explain_vs_classify"]
-        print(
-            f"explain/classify cost: p50 ratio at c=1 {ev['p50_ratio_c1']:.3f}, "
-            f"throughput cost ratio at c=8 {ev['throughput_cost_ratio_c8']:.3f}, "
-            f"server CPU per request ratio at c=8 {ev['cpu_cost_ratio_c8']:.3f}"
-        )
     print(
         f"\nload average (1, 5, 15 min): start {results['load_average_at_start']}, end {results['load_average_at_end']}"
     )
-    rss = results["rss"]
+    for name, res in results["models"].items():
+        raw = res["raw"]
+        print(
+            f"\n## {name}: raw onnxruntime on 1 core with decode: {raw['with_preprocess_ips']:.0f} img/s at batch "
+            f"{raw['best_batch']} (model {raw['model_only_ips']:.0f} img/s, decode {raw['preprocess_ms']:.2f} ms); "
+            f"batch-1 with decode {raw['batch1_with_preprocess_ms']:.2f} ms"
+        )
+        print(
+            "| concurrency | row | req/s | p50 ms | p99 ms | req/s /raw | req/s /limit | server CPU ms/req "
+            "| CPU /raw | CPU /limit | errors |"
+        )
+        print("| --- " * 11 + "|")
+        raw_ips, raw_cpu = raw["with_preprocess_ips"], raw["cpu_ms_per_image_with_preprocess"]
+        for i, c in enumerate(CONCURRENCY):
+            floor = res["rows"]["http floor"][i]
+            limit = 1.0 / (1.0 / floor["rps"] + 1.0 / raw_ips)
+            limit_cpu = floor["server_cpu_ms_per_request"] + raw_cpu
+            print(f"| {c} | raw | {raw_ips:.1f} | | | 1.00 | | {raw_cpu:.2f} | 1.00 | | |")
+            print(f"| {c} | limit | {limit:.1f} | | | {limit / raw_ips:.2f} | 1.00 | {limit_cpu:.2f} | | 1.00 | |")
+            for kind in ("http floor", "striate", "naive"):
+                row = res["rows"][kind][i]
+                cpu = row["server_cpu_ms_per_request"]
+                if kind == "http floor":
+                    ratios = "| | | " + f"{cpu:.2f} | | |"
+                else:
+                    ratios = (
+                        f"| {row['rps'] / raw_ips:.2f} | {row['rps'] / limit:.2f} | {cpu:.2f} "
+                        f"| {raw_cpu / cpu:.2f} | {limit_cpu / cpu:.2f} |"
+                    )
+                print(
+                    f"| {c} | {kind} | {row['rps']:.1f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
+                    f"{ratios} {row['errors']} |"
+                )
+    cs = results["cores_section"]
+    one, many = cs["digits_c64_one_worker_one_core"], cs["digits_c64_worker_per_core"]
     print(
-        f"\nRSS ({rss['model']}): {rss['rss_mb'][0]:.1f} MB after {rss['after_requests'][0]} requests, "
-        f"{rss['rss_mb'][1]:.1f} MB after {rss['after_requests'][1]}: growth {rss['growth'] * 100:+.1f}%"
+        f"\n## every core ({cs['cores']}): digits c=64: one worker on one core {one['rps']:.0f} req/s "
+        f"({one['server_cpu_ms_per_request']:.2f} CPU ms/req); a worker per core {many['rps']:.0f} req/s "
+        f"({many['server_cpu_ms_per_request']:.2f} CPU ms/req): {many['rps'] / one['rps']:.2f}x req/s, "
+        f"CPU per request {one['server_cpu_ms_per_request'] / many['server_cpu_ms_per_request']:.2f} of one worker's "
+        f"(the load generator shares a core with the workers)"
     )
+    t1, tn = cs["resnet18_c1_one_thread"], cs["resnet18_c1_thread_per_core"]
+    print(
+        f"resnet18 c=1 p50: one intra-op thread {t1['p50_ms']:.1f} ms, {cs['cores']} threads {tn['p50_ms']:.1f} ms "
+        f"({tn['p50_ms'] / t1['p50_ms']:.2f}x)"
+    )
+    if "rss" in results:
+        rss = results["rss"]
+        print(f"RSS ({rss['model']}): {rss['rss_mb'][0]:.1f} MB after 1k requests, {rss['rss_mb'][1]:.1f} MB after 10k")
 
 
 if __name__ == "__main__":

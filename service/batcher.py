@@ -1,6 +1,8 @@
 """Dynamic batching: concurrent requests for one graph merged into one onnxruntime call.
 
-Requests `announce()` themselves when they start decoding, then `submit()` their tensors. The
+Requests `announce()` themselves when they start decoding, then `submit()` their tensors; or they
+`submit_encoded()` at once with a `prepare` function that decodes them, which the worker thread calls
+for the whole batch just before the run (one thread hop per batch, not one per request). The
 collector takes the oldest job and keeps adding queued jobs up to `max_batch` images; it waits for
 more (at most `max_delay`) only while announced requests are still on their way, so a lone request
 runs at once and a burst is merged. One call per graph runs at a time, in a worker thread, while
@@ -28,6 +30,7 @@ log = logging.getLogger("striate.service")
 INLINE_RUN_S = 0.0005
 
 RunFn = Callable[[dict[str, np.ndarray], list[str]], dict[str, np.ndarray]]
+PrepareFn = Callable[[], dict[str, np.ndarray]]  # builds a job's feeds (decode + preprocess), in the worker
 ObserveFn = Callable[[int, float], None]  # (batch images, seconds)
 
 
@@ -38,11 +41,13 @@ class Ticket:
 
 @dataclass
 class _Job:
-    feeds: dict[str, np.ndarray]
+    feeds: dict[str, np.ndarray] | None
     outputs: tuple[str, ...]
     size: int
     future: asyncio.Future = field(repr=False)
     key: tuple = ()  # feeds' names and per-item shapes: only jobs with equal keys are concatenated
+    prepare: PrepareFn | None = field(default=None, repr=False)  # set: `feeds` is built in the worker
+    error: Exception | None = field(default=None, repr=False)  # what `prepare` raised
 
 
 class Batcher:
@@ -111,19 +116,30 @@ class Batcher:
         self, feeds: dict[str, np.ndarray], outputs: list[str] | tuple[str, ...], ticket: Ticket | None = None
     ) -> dict[str, np.ndarray]:
         """Queue tensors with a leading batch axis; returns this request's slice of each output."""
+        self._withdraw(ticket)
+        key = tuple((name, array.shape[1:]) for name, array in feeds.items())
+        return await self._enqueue(feeds, None, len(next(iter(feeds.values()))), key, outputs)
+
+    async def submit_encoded(
+        self, prepare: PrepareFn, size: int, key: tuple, outputs: list[str] | tuple[str, ...]
+    ) -> dict[str, np.ndarray]:
+        """Queue `size` items whose feeds `prepare()` builds in the worker thread, batched with the run.
+
+        `key` is what `submit` derives from the feeds: ((name, per-item shape), ...). An exception
+        from `prepare` fails this request only."""
+        return await self._enqueue(None, prepare, size, key, outputs)
+
+    async def _enqueue(self, feeds, prepare, size: int, key: tuple, outputs) -> dict[str, np.ndarray]:
         if self._task is None:
             raise RuntimeError("batcher not started")
         if self._closed:  # a version unloaded while this request held it past the drain grace
             raise Overloaded("this model version was unloaded; retry", headers={"Retry-After": "1"})
-        self._withdraw(ticket)
-        size = len(next(iter(feeds.values())))
         if self._queued and self._queued + size > self.max_queue:
             raise Overloaded(
                 f"the queue is full ({self._queued} images waiting, limit {self.max_queue}); retry shortly",
                 headers={"Retry-After": "1"},
             )
-        key = tuple((name, array.shape[1:]) for name, array in feeds.items())
-        job = _Job(feeds, tuple(outputs), size, asyncio.get_running_loop().create_future(), key)
+        job = _Job(feeds, tuple(outputs), size, asyncio.get_running_loop().create_future(), key, prepare)
         self._jobs.append(job)
         self._queued += size
         self._set_gauge()
@@ -167,10 +183,25 @@ class Batcher:
         self._set_gauge()
         return [job for job in batch if not job.future.done()]  # drop cancelled requests
 
-    def _timed_run(self, feeds, outputs) -> tuple[dict[str, np.ndarray], float]:
+    def _prepare_and_run(self, batch: list[_Job], outputs: list[str]) -> tuple[list[_Job], dict, float]:
+        """In the worker: build the feeds of jobs that came encoded (failures fail their job only),
+        then one onnxruntime call for the jobs that have feeds. Returns (jobs run, results, run seconds)."""
+        for job in batch:
+            if job.prepare is not None:
+                try:
+                    job.feeds = job.prepare()
+                except Exception as exc:  # the client's image: its own request gets the error
+                    job.feeds, job.error = None, exc
+        ready = [job for job in batch if job.feeds is not None]
+        if not ready:
+            return ready, {}, 0.0
+        if len(ready) == 1:
+            feeds = ready[0].feeds
+        else:
+            feeds = {k: np.concatenate([job.feeds[k] for job in ready]) for k in ready[0].feeds}
         start = time.perf_counter()
         results = self._run(feeds, outputs)
-        return results, time.perf_counter() - start
+        return ready, results, time.perf_counter() - start
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -179,26 +210,29 @@ class Batcher:
             if not batch:
                 continue
             outputs = list(dict.fromkeys(name for job in batch for name in job.outputs))
-            if len(batch) == 1:
-                feeds = batch[0].feeds
-            else:
-                feeds = {k: np.concatenate([job.feeds[k] for job in batch]) for k in batch[0].feeds}
             try:
                 if self.recent_run_s < INLINE_RUN_S:  # tiny model: a thread hop costs more than the run
-                    results, took = self._timed_run(feeds, outputs)
+                    ready, results, took = self._prepare_and_run(batch, outputs)
                 else:
-                    results, took = await loop.run_in_executor(self._executor, self._timed_run, feeds, outputs)
+                    ready, results, took = await loop.run_in_executor(
+                        self._executor, self._prepare_and_run, batch, outputs
+                    )
             except Exception as exc:  # a failed run fails its requests, never the collector
                 log.exception("inference failed for a batch of %d requests", len(batch))
                 for job in batch:
                     if not job.future.done():
-                        job.future.set_exception(exc)
+                        job.future.set_exception(job.error or exc)
+                continue
+            for job in batch:
+                if job.error is not None and not job.future.done():
+                    job.future.set_exception(job.error)
+            if not ready:
                 continue
             self.recent_run_s = 0.8 * self.recent_run_s + 0.2 * took
             if self._observe is not None:
-                self._observe(sum(job.size for job in batch), took)
+                self._observe(sum(job.size for job in ready), took)
             offset = 0
-            for job in batch:
+            for job in ready:
                 if not job.future.done():
                     end = offset + job.size
                     job.future.set_result({name: results[name][offset:end] for name in job.outputs})

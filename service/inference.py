@@ -17,9 +17,10 @@ from service.settings import Settings
 from striate.manifest import FeatureLayer
 from striate.preprocess import ImageDecodeError, decode_image, preprocess
 
-# Requests whose images are small, in bytes and in pixels (read from the header), are decoded on
-# the event loop: well under a millisecond, less than a round trip through the thread pool costs.
-# The pixel check keeps a small file that inflates to a large image off the loop.
+# Requests whose images are small, in bytes and in pixels (read from the header), are decoded without
+# a thread hop of their own: by the batch worker with the run (`run`), or on the event loop (`decode`):
+# well under a millisecond, less than a round trip through the thread pool costs. The pixel check
+# keeps a small file that inflates to a large image off the loop and out of the batch worker.
 INLINE_DECODE_BYTES = 64 * 1024
 INLINE_DECODE_PIXELS = 128 * 128
 
@@ -98,23 +99,33 @@ class Inference:
         tensor = np.stack([p[0] for p in parts]) if len(parts) > 1 else parts[0][0][None]
         return Decoded(tensor, [p[1] for p in parts] if keep else None)
 
-    async def run(
-        self, model: LoadedModel, uploads: list[Upload], outputs: list[str], keep: bool = False
-    ) -> tuple[dict[str, np.ndarray], Decoded]:
-        """Decode `uploads` and run the model graph for `outputs`, batched with other requests."""
+    def _prepare(self, model: LoadedModel, uploads: list[Upload]) -> dict[str, np.ndarray]:
+        """The feeds of `uploads` (decoded and preprocessed), built in the batch worker."""
+        parts = [self._decode_one(u, i, model, False)[0] for i, u in enumerate(uploads)]
+        return {model.manifest.input.name: np.stack(parts) if len(parts) > 1 else parts[0][None]}
+
+    async def run(self, model: LoadedModel, uploads: list[Upload], outputs: list[str]) -> dict[str, np.ndarray]:
+        """Decode `uploads` and run the model graph for `outputs`, batched with other requests.
+
+        Small images are decoded by the batch worker, together with the batch's run: one thread hop
+        per batch, no decode on the event loop. Large ones (in bytes or pixels) are decoded in the
+        decode threads first, in parallel, announced so that the batch may wait for them."""
+        if _decode_inline(uploads):  # small in bytes and pixels: never holds the batch worker long
+            spec = model.manifest.input
+            key = ((spec.name, (spec.channels, spec.height, spec.width)),)
+            return await model.batcher.submit_encoded(lambda: self._prepare(model, uploads), len(uploads), key, outputs)
         with model.batcher.announce() as ticket:
-            decoded = await self.decode(model, uploads, keep)
-            result = await model.batcher.submit({model.manifest.input.name: decoded.tensor}, outputs, ticket)
-        return result, decoded
+            decoded = await self.decode(model, uploads)
+            return await model.batcher.submit({model.manifest.input.name: decoded.tensor}, outputs, ticket)
 
     # -- answers ----------------------------------------------------------------------------------
     async def classify(self, model: LoadedModel, uploads: list[Upload], k: int) -> list[dict]:
-        out, _ = await self.run(model, uploads, [model.manifest.logits_output])
+        out = await self.run(model, uploads, [model.manifest.logits_output])
         return top_k(softmax(out[model.manifest.logits_output]), model.manifest.labels, k)
 
     async def features(self, model: LoadedModel, uploads: list[Upload], layer: str) -> np.ndarray:
         spec = feature_layer(model, layer)
-        out, _ = await self.run(model, uploads, [spec.output])
+        out = await self.run(model, uploads, [spec.output])
         return out[spec.output]
 
     async def activations(
@@ -123,7 +134,7 @@ class Inference:
         """The layer's [N, C, h, w] maps, with the logits so that the prediction comes along."""
         spec = map_layer(model, layer)
         logits = model.manifest.logits_output
-        out, _ = await self.run(model, uploads, [spec.map_output, logits])
+        out = await self.run(model, uploads, [spec.map_output, logits])
         return spec, out[spec.map_output], out[logits]
 
 

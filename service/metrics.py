@@ -56,6 +56,19 @@ class MetricsMiddleware:
 
     def __init__(self, app, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
+        # (model, endpoint, method, status) -> (counter, histogram) children: `labels()` takes a lock
+        # and builds a key each call; a request then costs one dict lookup, one add, one observe.
+        self._children: dict[tuple[str, str, str, int], tuple] = {}
+
+    def _series(self, model: str, endpoint: str, method: str, status: int) -> tuple:
+        key = (model, endpoint, method, status)
+        series = self._children.get(key)
+        if series is None:
+            series = self._children[key] = (
+                self.metrics.requests.labels(model, endpoint, method, str(status)),
+                self.metrics.latency.labels(model, endpoint),
+            )
+        return series
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -76,5 +89,6 @@ class MetricsMiddleware:
             endpoint = getattr(route, "path", None) or "unmatched"
             # unknown names (404) get no label of their own: clients must not grow the label set
             model = (scope.get("path_params") or {}).get("name", "") if status[0] != 404 else ""
-            self.metrics.requests.labels(model, endpoint, scope["method"], str(status[0])).inc()
-            self.metrics.latency.labels(model, endpoint).observe(time.perf_counter() - start)
+            counter, histogram = self._series(model, endpoint, scope["method"], status[0])
+            counter.inc()
+            histogram.observe(time.perf_counter() - start)

@@ -26,7 +26,12 @@ class Settings(BaseSettings):
         5.0, ge=0, description="longest wait for more requests while others are on their way"
     )
     max_queue: int = Field(256, ge=1, description="images waiting per graph before 503")
-    intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: its default)")
+    workers: int = Field(
+        0, ge=0, description="`striate serve` processes sharing the port (0: one per usable core; see parallelism.py)"
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="onnxruntime intra-op threads per worker (0: usable cores / workers)"
+    )
     inter_op_threads: int = Field(0, ge=0, description="onnxruntime inter-op threads (0: its default)")
     preprocess_threads: int = Field(4, ge=1, description="threads decoding and preprocessing images")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body")

@@ -177,3 +177,62 @@ def test_concurrent_http_requests_share_onnxruntime_calls(model_dir):
     for a, t in zip(alone, together, strict=True):
         assert a["results"][0]["index"] == t.json()["results"][0]["index"]
         assert a["results"][0]["probability"] == pytest.approx(t.json()["results"][0]["probability"], rel=1e-5)
+
+
+def test_encoded_jobs_are_prepared_in_the_worker_and_a_bad_one_fails_alone():
+    """`submit_encoded`: the worker thread builds the feeds of the whole batch, then runs it once; a
+    `prepare` that raises fails its own request, and the others in the batch are answered."""
+
+    async def main():
+        gate = threading.Event()
+        run = Recorder(gate)
+        b = _batcher(run, delay=0.0)
+        b.start()
+        threads: list[str] = []
+
+        def prepare(i: int):
+            def build():
+                threads.append(threading.current_thread().name)
+                if i == 3:
+                    raise ValueError("image 3 is broken")
+                return _x(i)
+
+            return build
+
+        key = (("x", (3,)),)
+        first = asyncio.create_task(b.submit_encoded(prepare(0), 1, key, ["y"]))
+        await asyncio.sleep(0.05)  # the first batch is in the worker, held by the gate
+        rest = [asyncio.create_task(b.submit_encoded(prepare(i), 1, key, ["y"])) for i in range(1, 6)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.gather(first, *rest, return_exceptions=True)
+        await b.close()
+        return run, threads, results
+
+    run, threads, results = asyncio.run(main())
+    assert run.sizes == [1, 4]  # the five queued meanwhile: one call, without the broken one
+    assert threading.main_thread().name not in threads
+    assert isinstance(results[3], ValueError) and "image 3" in str(results[3])
+    for i, out in enumerate(results):
+        if i != 3:
+            assert float(out["y"][0, 0]) == 2.0 * i
+
+
+def test_a_broken_image_in_a_burst_is_a_400_and_the_others_are_answered(model_dir):
+    images = [digits_png_bytes(i) for i in range(12)]
+    images[5] = b"\x89PNG\r\n\x1a\n not really a png"
+    with run_server(make_settings(model_dir, max_batch_delay_ms=50.0)) as url:
+
+        async def burst():
+            async with httpx.AsyncClient(base_url=url, timeout=30) as ac:
+                return await asyncio.gather(
+                    *(
+                        ac.post("/v1/models/tiny/classify", content=d, headers={"content-type": "image/png"})
+                        for d in images
+                    )
+                )
+
+        answers = asyncio.run(burst())
+    assert answers[5].status_code == 400
+    assert answers[5].json()["error"]["code"] == "invalid_image"
+    assert all(r.status_code == 200 and r.json()["results"][0]["top_k"] for i, r in enumerate(answers) if i != 5)

@@ -35,6 +35,7 @@ ENVIRONMENT = {
     "max_batch_size": ("7", 7),
     "max_batch_delay_ms": ("12.5", 12.5),
     "max_queue": ("3", 3),
+    "workers": ("3", 3),
     "intra_op_threads": ("2", 2),
     "inter_op_threads": ("3", 3),
     "preprocess_threads": ("1", 1),

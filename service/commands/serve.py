@@ -1,4 +1,4 @@
-"""`striate serve`: the model repository over HTTP (one uvicorn worker; scale with replicas)."""
+"""`striate serve`: the model repository over HTTP, on every core (service/parallelism.py chooses)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", help="require this key on every route but health (or STRIATE_API_KEY)")
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing the port (default: STRIATE_WORKERS, or one per usable core; "
+        "each loads every model)",
+    )
+    parser.add_argument(
         "--model-control",
         choices=["none", "poll", "explicit"],
         help="none: load at start-up; poll: rescan every STRIATE_POLL_INTERVAL s; explicit: the "
@@ -26,13 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
     from pydantic import ValidationError
 
-    from service.app import create_app
+    from service.parallelism import plan
     from service.runtime import providers_for
-    from service.server import DrainingServer
     from service.settings import Settings
+    from service.workers import WorkerPool, serve_one
     from striate.errors import StriateError
 
     overrides = {
@@ -45,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
             "api_key": args.api_key,
             "log_level": args.log_level,
             "model_control": args.model_control,
+            "workers": args.workers,
         }.items()
         if value is not None
     }
@@ -57,14 +63,9 @@ def run(args: argparse.Namespace) -> int:
     providers_for(settings.device)  # refuse "cuda" up front when onnxruntime has no CUDA provider
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        workers=1,
-        access_log=settings.log_level == "debug",
-    )
-    DrainingServer(config, app, settings.drain_grace).run()  # SIGTERM: drain, then exit 0
-    return 0
+    chosen = plan(settings)
+    logging.getLogger("striate.service").info("serving with %s", chosen.describe())
+    settings = settings.model_copy(update={"workers": chosen.workers, "intra_op_threads": chosen.intra_op_threads})
+    if chosen.workers == 1:
+        return serve_one(settings)
+    return WorkerPool(settings, chosen.workers).run()

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from service.deps import ApiKey, InferenceDep, ModelDep, UploadsDep
 from service.routes.common import model_post
-from service.schemas import ClassifyResponse
+from service.schemas import ClassifyResponse, FastJSONResponse
 
 router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[ApiKey])
 
@@ -19,6 +19,6 @@ async def classify(
     uploads: UploadsDep,
     inference: InferenceDep,
     top_k: Annotated[int, Query(ge=1, le=1000, description="how many classes to list per image")] = 5,
-) -> ClassifyResponse:
+) -> FastJSONResponse:
     results = await inference.classify(model, uploads, top_k)
-    return ClassifyResponse(model=model.name, version=model.version, results=results)
+    return FastJSONResponse({"model": model.name, "version": model.version, "results": results})

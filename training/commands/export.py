@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write an INT8 model.onnx (static QDQ, calibrated on training images) as its own version",
     )
     parser.add_argument(
+        "--fp16", action="store_true", help="model.onnx in float16 inside, float32 inputs/outputs (for GPUs)"
+    )
+    parser.add_argument(
         "--calib-images", type=int, default=None, help="training images to calibrate INT8 on (default: 256)"
     )
     spec = parser.add_argument_group("model specs (torchvision:NAME, timm:NAME, package.module:factory)")
@@ -81,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     from striate.errors import StriateError
     from training.byom.specs import is_model_spec
 
+    if args.fp16 and args.quantize:
+        raise StriateError("--fp16 and --quantize int8 are alternatives; choose one")
     if args.calib_images is not None and not args.quantize:
         raise StriateError("--calib-images only applies with --quantize int8")
     if is_model_spec(args.source):
@@ -103,6 +108,7 @@ def _export_checkpoint(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         calib_images=CALIB_IMAGES if args.calib_images is None else args.calib_images,
     )
+    _convert_fp16(args, path)
     _report(path)
     return 0
 
@@ -138,8 +144,17 @@ def _export_spec(args: argparse.Namespace) -> int:
         stages=args.stage,
         require_gradients=args.require_gradients,
     )
+    _convert_fp16(args, path)
     _report(path)
     return 0
+
+
+def _convert_fp16(args: argparse.Namespace, path) -> None:
+    if args.fp16:
+        from training.export.fp16 import convert_bundle
+
+        fp16 = convert_bundle(path)
+        print(f"float16 graph: logits within {fp16.max_abs_diff_logits:.2g}, top-1 agreement {fp16.top1_agreement:.0%}")
 
 
 def _report(path) -> None:

@@ -1,0 +1,106 @@
+"""Several `striate serve` worker processes sharing one listening socket, under a small supervisor.
+
+The parent binds the socket, starts the workers (spawned: each builds its own app and loads the
+models itself, so each holds its own copy of every model in memory), and watches them: a worker
+that dies is replaced; one that fails at start-up (bad bundle directory, port in use) stops the
+whole server with its exit status. SIGTERM or SIGINT is passed on to every worker, each drains as
+one worker would (service/server.py), and the parent exits once all have.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import socket
+import sys
+import threading
+from multiprocessing.context import SpawnProcess
+
+from service.settings import Settings
+
+log = logging.getLogger("striate.service")
+
+STARTUP_FAILURE = 3  # a worker's exit status when its app did not start (uvicorn's own code for it)
+
+multiprocessing.allow_connection_pickling()  # sockets travel to spawned workers
+_spawn = multiprocessing.get_context("spawn")
+
+
+def serve_one(settings: Settings, sockets: list[socket.socket] | None = None) -> int:
+    """Run one server process (the whole server when workers = 1); its exit status."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.server import DrainingServer
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+    )
+    server = DrainingServer(config, app, settings.drain_grace)  # SIGTERM: drain, then exit 0
+    server.run(sockets=sockets)
+    return 0 if server.started else STARTUP_FAILURE
+
+
+def _worker_main(settings: Settings, sockets: list[socket.socket]) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(serve_one(settings, sockets))
+
+
+class WorkerPool:
+    def __init__(self, settings: Settings, workers: int) -> None:
+        self.settings, self.size = settings, workers
+        self.processes: list[SpawnProcess] = []
+        self._stop = threading.Event()
+        self._status = 0
+        self._socket: socket.socket | None = None
+
+    def _start_worker(self, sockets: list[socket.socket]) -> SpawnProcess:
+        process = _spawn.Process(target=_worker_main, args=(self.settings, sockets), name="striate-worker")
+        process.start()
+        return process
+
+    def _on_signal(self, sig: int, frame) -> None:
+        """Pass SIGTERM on (for Ctrl-C too: the terminal sent the workers SIGINT already, and a second
+        SIGINT would force them to exit without draining)."""
+        if not self._stop.is_set():
+            log.info("signal %s: draining %d worker(s)", sig, len(self.processes))
+        self._stop.set()
+        if self._socket is not None:
+            # the parent's copy of the listener: open, it would let the kernel queue connections
+            # that no worker takes once they have closed theirs, and reset them when the parent exits
+            self._socket.close()
+            self._socket = None
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+
+    def run(self) -> int:
+        import uvicorn
+
+        sock = self._socket = uvicorn.Config(None, host=self.settings.host, port=self.settings.port).bind_socket()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self.processes = [self._start_worker([sock]) for _ in range(self.size)]
+        while not self._stop.wait(0.5):
+            for index, process in enumerate(self.processes):
+                if process.is_alive() or self._stop.is_set():
+                    continue
+                if process.exitcode == STARTUP_FAILURE:
+                    log.error("worker %s failed to start; stopping the server", process.pid)
+                    self._status = STARTUP_FAILURE
+                    self._on_signal(signal.SIGTERM, None)
+                    break
+                log.error("worker %s exited with status %s; starting another", process.pid, process.exitcode)
+                if self._socket is not None:
+                    self.processes[index] = self._start_worker([self._socket])
+        for process in self.processes:
+            process.join()
+        if self._socket is not None:
+            self._socket.close()
+        return self._status
