@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from pydantic import ValidationError
-from service_fixtures import build_bundle, make_settings, run_server, tiny_net
+from service_fixtures import DEFAULT_BUNDLE, REPO, build_bundle, make_settings, run_server, tiny_net
 from web_browser import browser, open_page, screenshot, settle  # noqa: F401
 
 from striate.manifest import Manifest, Preprocessing
@@ -115,6 +115,19 @@ def test_a_manifest_cannot_point_a_figure_outside_its_figures_folder(figures_mod
     doc["figures"]["curves"]["file"] = file
     with pytest.raises(ValidationError, match="inside the bundle"):
         Manifest.model_validate(doc)
+
+
+def test_the_default_bundle_carries_its_training_figures() -> None:
+    """The committed bundle shows the committed checkpoint's own training run (its report beside it)."""
+    manifest = Manifest.load(DEFAULT_BUNDLE)
+    assert set(manifest.figures) == {"curves", "confusion"} and manifest.report is not None
+    beside = REPO / "checkpoints" / "digits_default.report"
+    for figure in manifest.figures.values():
+        data = (DEFAULT_BUNDLE / figure.file).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and data == (beside / Path(figure.file).name).read_bytes()
+    assert "test split" in manifest.figures["confusion"].caption and "best epoch" in manifest.figures["curves"].caption
+    size = sum(p.stat().st_size for p in (DEFAULT_BUNDLE / "figures").iterdir())
+    assert size < 1_000_000, f"the figures add {size} bytes to the default bundle"
 
 
 # ---- the service -----------------------------------------------------------------------------
