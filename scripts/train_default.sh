@@ -4,7 +4,7 @@
 # them (both polarities, paper and noise, a third of the frame to all of it, off-centre, rotated,
 # thin or thick; see training/data/handwriting.py), deterministically (fixed seeds), then copy its
 # best checkpoint to checkpoints/digits_default.pt, evaluate it on the test split, and measure it on
-# the separately generated held-out pages once exported (scripts/export_default.sh). About 10 minutes on one
+# the separately generated held-out pages once exported (scripts/export_default.sh). About 50 minutes on one
 # CPU core. Extra arguments pass through to `striate train` (e.g. --device cuda). Export it
 # afterwards with scripts/export_default.sh.
 set -euo pipefail
@@ -17,9 +17,16 @@ RUN_DIR=${RUN_DIR:-runs/digits-default-$(date +%Y%m%d-%H%M%S)}
 "$VENV/bin/striate" train \
   --arch resnet18 --base-width 16 --input-size 32 --color-mode L \
   --data digits-handwritten --data-seed 0 --seed 0 \
-  --epochs 10 --batch-size 128 --optimizer adamw --lr 3e-3 --weight-decay 0.05 --label-smoothing 0.05 \
+  --epochs 18 --batch-size 128 --optimizer adamw --lr 3e-3 --weight-decay 0.05 --label-smoothing 0.05 \
   --out "$RUN_DIR" "$@"
 mkdir -p checkpoints
 cp "$RUN_DIR/best.pt" checkpoints/digits_default.pt
+# The run's training report travels beside the checkpoint, so the export (scripts/export_default.sh)
+# puts its figures into the bundle on any clone (see training/export/figures.py).
+REPORT=checkpoints/digits_default.report
+rm -rf "$REPORT" && mkdir -p "$REPORT"
+for f in history.json metrics.json curves.png confusion.png report.html; do
+  if [ -f "$RUN_DIR/$f" ]; then cp "$RUN_DIR/$f" "$REPORT/"; fi
+done
 "$VENV/bin/striate" evaluate checkpoints/digits_default.pt --no-progress
 ls -l checkpoints/digits_default.pt

@@ -13,7 +13,18 @@ from service.inference import Inference
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.repository import Repository
-from service.routes import activations, classify, explain, features, health, models, repository, v2, v2_explain
+from service.routes import (
+    activations,
+    classify,
+    explain,
+    features,
+    figures,
+    health,
+    models,
+    repository,
+    v2,
+    v2_explain,
+)
 from service.routes.common import install_openapi
 from service.routes.ui import install_ui
 from service.settings import Settings, get_settings
@@ -31,6 +42,7 @@ Errors are JSON: `{"error": {"code", "message"}}` on v1, `{"error": "message"}` 
 ROUTERS = (
     health.router,
     models.router,
+    figures.router,
     classify.router,
     features.router,
     explain.router,

@@ -165,6 +165,12 @@ class LayerInfo(BaseModel):
     map_shape: list[int] | None = None
 
 
+class FigureInfo(BaseModel):
+    name: str
+    caption: str
+    url: str = Field(description="GET it for the PNG (with the API key, when the server has one)")
+
+
 class ModelVersion(BaseModel):
     name: str
     version: int
@@ -178,6 +184,8 @@ class ModelVersion(BaseModel):
     explain: ExplainInfo
     metrics: dict[str, float]
     provenance: dict
+    figures: list[FigureInfo] = Field(default_factory=list, description="training figures the bundle carries")
+    report: str | None = Field(None, description="URL of the training report (HTML), when the bundle carries one")
 
 
 class BrokenModel(BaseModel):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -16,6 +16,7 @@ from striate.explain.methods import GRADIENT_METHODS
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
+FIGURE_NAME = r"^[a-z0-9][a-z0-9_-]*$"  # a figure's name, as its URL segment
 
 
 class _Strict(BaseModel):
@@ -188,6 +189,36 @@ class Provenance(_Strict):
     quantization: str | None = None  # e.g. "int8-static-qdq"; None for float models
 
 
+FIGURES_DIR = "figures"  # where a bundle keeps its training figures and report
+
+
+def _inside_figures(path: str, suffix: str) -> str:
+    """A bundle-relative POSIX path under figures/ with the given suffix: never absolute, never `..`."""
+    parts = path.split("/")
+    if (
+        len(parts) != 2
+        or parts[0] != FIGURES_DIR
+        or not parts[1]
+        or parts[1].startswith(".")
+        or "\\" in path
+        or not parts[1].endswith(suffix)
+    ):
+        raise ValueError(f"{path!r} must be a file {FIGURES_DIR}/<name>{suffix} inside the bundle")
+    return path
+
+
+class Figure(_Strict):
+    """A training figure the bundle carries (learning curves, confusion matrix): a PNG in figures/."""
+
+    file: str  # bundle-relative, e.g. "figures/curves.png"
+    caption: str
+
+    @model_validator(mode="after")
+    def _check(self) -> Figure:
+        _inside_figures(self.file, ".png")
+        return self
+
+
 class Manifest(_Strict):
     schema_version: int = SCHEMA_VERSION
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
@@ -205,6 +236,10 @@ class Manifest(_Strict):
     explain: ExplainSpec | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     provenance: Provenance
+    # The training run's figures (name -> PNG and caption) and its self-contained HTML report, when
+    # the exporter found them beside the checkpoint; a bundle without them serves and explains alike.
+    figures: dict[Annotated[str, Field(pattern=FIGURE_NAME)], Figure] = Field(default_factory=dict)
+    report: str | None = None  # bundle-relative, e.g. "figures/report.html"
 
     @model_validator(mode="after")
     def _check(self) -> Manifest:
@@ -227,6 +262,8 @@ class Manifest(_Strict):
             raise ValueError("input height/width disagree with the preprocessing crop size")
         if len(self.labels) < 1:
             raise ValueError("a classifier needs at least one label")
+        if self.report is not None:
+            _inside_figures(self.report, ".html")
         return self
 
     def layer(self, name: str) -> FeatureLayer | None:
@@ -238,6 +275,9 @@ class Manifest(_Strict):
         return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
 
     def dump(self, bundle_dir: str | Path) -> Path:
+        """Write manifest.json; a bundle without training figures leaves both fields out, so services
+        older than the figures read it too."""
         path = Path(bundle_dir) / MANIFEST_FILE
-        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        absent = {name for name in ("figures", "report") if not getattr(self, name)}
+        path.write_text(self.model_dump_json(indent=2, exclude=absent) + "\n", encoding="utf-8")
         return path

@@ -8,6 +8,7 @@ from service.deps import ApiKey, ModelDep, RepositoryDep
 from service.explain import explain_info
 from service.repository import LoadedModel, Repository
 from service.routes.common import error_responses, model_route
+from service.routes.figures import figures_of, report_url
 from service.schemas import BrokenModel, LayerInfo, ModelDetail, ModelList, ModelSummary, ModelVersion
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[ApiKey], responses=error_responses(401))
@@ -31,6 +32,8 @@ def describe(model: LoadedModel, repository: Repository) -> ModelVersion:
         explain=explain_info(model, repository.settings),
         metrics=m.metrics,
         provenance=m.provenance.model_dump(),
+        figures=figures_of(model),
+        report=report_url(model) if m.report is not None else None,
     )
 
 

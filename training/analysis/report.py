@@ -9,6 +9,7 @@ The HTML is static: it links the PNGs next to it, no JavaScript.
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
@@ -24,6 +25,7 @@ from .plots import new_figure, save_figure
 CURVES_PNG = "curves.png"
 CONFUSION_PNG = "confusion.png"
 REPORT_HTML = "report.html"
+FIGURE_FILES = {"curves": CURVES_PNG, "confusion": CONFUSION_PNG}  # figure name -> file in the run directory
 
 
 def _read_json(path: Path, notes: list[str]) -> Any | None:
@@ -49,15 +51,22 @@ def _series(history: list[dict[str, Any]], key: str) -> tuple[list[float], list[
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
-    """Loss and accuracy per epoch, train vs validation, side by side (1000 x 400 px)."""
+    """Loss and accuracy per epoch, train vs validation, side by side (1000 x 400 px); a dashed
+    line marks the best epoch (the one kept as best.pt)."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = new_figure(10, 4)
+    best = best_epoch(history)
     for ax, metric, title in zip(fig.subplots(1, 2), ("loss", "acc"), ("Loss", "Accuracy"), strict=True):
         for split, style in (("train", "-o"), ("val", "-s")):
             xs, ys = _series(history, f"{split}_{metric}")
             if xs:
                 ax.plot(xs, ys, style, markersize=3, label=split)
+        if best is not None and ax.has_data():
+            ax.axvline(best[0], color="grey", linestyle="--", linewidth=1, label=f"best epoch ({best[0]})")
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.has_data():
             ax.legend()
@@ -83,7 +92,7 @@ def plot_confusion(confusion: np.ndarray, labels: list[str], path: Path, split: 
     top = max(float(confusion.max()), 2.0)
     im = ax.imshow(counts, cmap="Blues", norm=LogNorm(vmin=1.0, vmax=top))
     fig.colorbar(im, ax=ax, fraction=0.046, label="images (log scale)")
-    ax.set_xticks(range(n), labels, rotation=90 if n > 10 else 0)
+    ax.set_xticks(range(n), labels, rotation=90 if n > 10 or max(map(len, labels), default=0) > 3 else 0)
     ax.set_yticks(range(n), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -129,6 +138,51 @@ def format_duration(seconds: float) -> str:
         return f"{minutes} min {secs:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+def figure_captions(run_dir: str | Path) -> dict[str, tuple[Path, str]]:
+    """name -> (PNG path, caption) for each report figure present in `run_dir` (written by write_report)."""
+    run_dir = Path(run_dir)
+    notes: list[str] = []
+    history = _read_json(run_dir / "history.json", notes)
+    metrics = _read_json(run_dir / "metrics.json", notes)
+    history = history if isinstance(history, list) and all(isinstance(r, dict) for r in history) else []
+    metrics = metrics if isinstance(metrics, dict) else {}
+    captions = {
+        "curves": "Loss and accuracy per epoch, training vs validation split",
+        "confusion": "Confusion matrix (rows: true class, columns: predicted; log colour scale, mistakes in red)",
+    }
+    best = best_epoch(history)
+    if best is not None:
+        epoch, acc = best
+        captions["curves"] += f"; best epoch {epoch} of {len(history)} (val accuracy {acc:.4f}), kept as the model"
+    confusion = metrics.get("confusion")
+    if confusion is not None:
+        counts = np.asarray(confusion, dtype=np.int64)
+        if counts.ndim == 2 and counts.shape[0] == counts.shape[1]:
+            wrong = int(counts.sum() - np.trace(counts))
+            split = metrics.get("split", "test")
+            captions["confusion"] += f", on the {split} split: {int(counts.sum())} images, {wrong} wrong"
+    found = {}
+    for name, file in FIGURE_FILES.items():
+        if (run_dir / file).is_file():
+            found[name] = (run_dir / file, captions[name])
+    return found
+
+
+def self_contained_report(run_dir: str | Path) -> str | None:
+    """report.html of `run_dir` with its figures inlined as data: URIs (one file that opens anywhere:
+    from a bundle folder, a service route or a sandboxed frame); None when the run has no report."""
+    run_dir = Path(run_dir)
+    path = run_dir / REPORT_HTML
+    if not path.is_file():
+        return None
+    page = path.read_text(encoding="utf-8")
+    for file in FIGURE_FILES.values():
+        if (run_dir / file).is_file():
+            encoded = base64.b64encode((run_dir / file).read_bytes()).decode("ascii")
+            page = page.replace(f'src="{file}"', f'src="data:image/png;base64,{encoded}"')
+    return page
 
 
 def _load_config(run_dir: Path) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from training.models.base import StriateModel
 
 from . import images as real
 from .bundle import next_version, staging
+from .figures import copy_figures, report_dir_of
 from .manifest import build_manifest
 from .onnx_export import MODEL_FILE, export_graphs
 from .parity import TOLERANCE, check_parity
@@ -55,11 +56,13 @@ def export_model(
     quantize: str | None = None,
     calibration: np.ndarray | None = None,
     heldout: tuple[np.ndarray, np.ndarray] | None = None,
+    report_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Export `model` to `<out_root>/<name>/<version>/` (next free version if None) and check it.
 
     `calibration` (images) and `heldout` ((images, targets)) are needed only for quantize="int8";
-    images are float32 [N, C, H, W] already preprocessed with `preprocessing`.
+    images are float32 [N, C, H, W] already preprocessed with `preprocessing`. `report_dir`: a
+    training report (curves.png, confusion.png, report.html) whose figures the bundle carries.
     A module that is not a StriateModel (torchvision, timm, your own) goes to `training.byom`.
     """
     _check_args(name, quantize)
@@ -99,6 +102,7 @@ def export_model(
             all_metrics["heldout_images"] = float(len(heldout[1]))
             all_metrics["calibration_images"] = float(len(calibration))
             float_path.unlink()
+        figures, report = copy_figures(report_dir, tmp) if report_dir is not None else ({}, None)
         manifest = build_manifest(
             name=name,
             version=version,
@@ -114,6 +118,8 @@ def export_model(
             checkpoint=checkpoint,
             checkpoint_sha256=checkpoint_sha256,
             quantization=INT8_METHOD if quantize == "int8" else None,
+            figures=figures,
+            report=report,
         )
         manifest.dump(tmp)
     return Path(out_root) / name / str(version)
@@ -126,8 +132,10 @@ def export_checkpoint(
     out_root: str | os.PathLike = "exported",
     quantize: str | None = None,
     calib_images: int = CALIB_IMAGES,
+    report_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """Export a Striate checkpoint; labels, preprocessing, metrics and data come from it."""
+    """Export a Striate checkpoint; labels, preprocessing, metrics and data come from it, and its
+    training figures from `report_dir` (default: the report found beside it, see `report_dir_of`)."""
     from .data import checkpoint_split
 
     _check_args(name, quantize)
@@ -153,6 +161,7 @@ def export_checkpoint(
         quantize=quantize,
         calibration=calibration,
         heldout=heldout,
+        report_dir=report_dir if report_dir is not None else report_dir_of(ckpt_path),
     )
 
 

@@ -13,6 +13,7 @@ import torchvision
 from striate.manifest import (
     ExplainSpec,
     FeatureLayer,
+    Figure,
     InputSpec,
     Manifest,
     MethodParity,
@@ -44,6 +45,8 @@ def build_manifest(
     checkpoint: str | None = None,
     checkpoint_sha256: str | None = None,
     quantization: str | None = None,
+    figures: Mapping[str, Figure] | None = None,
+    report: str | None = None,
 ) -> Manifest:
     """`output_shapes` maps each model.onnx output to its shape without the batch axis, in graph order."""
     outputs = tuple(
@@ -100,6 +103,8 @@ def build_manifest(
             parity=parity,
             quantization=quantization,
         ),
+        figures=dict(figures or {}),
+        report=report,
     )
 
 

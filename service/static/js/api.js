@@ -48,6 +48,11 @@ export async function getJson(path) {
   return (await request(path)).json();
 }
 
+/** GET a file (a figure, a report) with the key in its header, which an <img src> could not send. */
+export async function getBlob(path) {
+  return (await request(path)).blob();
+}
+
 /** POST one image (a Blob) as a raw body: the same bytes a curl --data-binary would send. */
 export async function postImage(path, params, image) {
   const query = new URLSearchParams(params).toString();

@@ -1,6 +1,6 @@
 // The page: pick a model, give it an image, see what it says, where it looked and what it computed.
 
-import { ApiError, getJson, getKey, modelPath, postImage, setKey } from "./api.js";
+import { ApiError, getBlob, getJson, getKey, modelPath, postImage, setKey } from "./api.js";
 import { DrawingPad } from "./pad.js";
 import { bundleLimits, canDraw, defaultMethod, el, explainMethods, inputKind, mapLayers, renderBars, renderCard } from "./view.js";
 
@@ -86,6 +86,7 @@ async function pickVersion() {
   state.detail = detail;
   const limits = bundleLimits(detail);
   renderCard($("model-card"), detail, limits);
+  await showTraining();
   fillExplainControls(detail);
   fillLayers(detail);
   const drawable = canDraw(detail);
@@ -94,6 +95,25 @@ async function pickVersion() {
   if (!drawable) selectTab("upload");
   orderSamples(detail);
   if (state.image) await analyze();
+}
+
+/** The card's training figures, fetched with the API key (an <img src> could not send it). */
+async function showTraining() {
+  const images = [...$("model-card").querySelectorAll("img[data-src]")];
+  await Promise.all(
+    images.map(async (img) => {
+      const blob = await guarded(() => getBlob(img.dataset.src));
+      if (blob) showBlob(img, `figure:${img.closest("figure").dataset.figure}`, blob);
+    }),
+  );
+  const report = $("report");
+  if (!report) return;
+  report.addEventListener("toggle", async () => {
+    const frame = report.querySelector("iframe");
+    if (!report.open || frame.srcdoc) return;
+    const blob = await guarded(() => getBlob(report.dataset.src));
+    if (blob) frame.srcdoc = await blob.text();
+  });
 }
 
 function fillExplainControls(detail) {

@@ -114,9 +114,41 @@ export function renderCard(container, detail, limits) {
   row(list, "Provenance", made.join(" · "));
   if (prov.checkpoint) row(list, "Checkpoint", `${prov.checkpoint}${prov.checkpoint_sha256 ? ` (sha256 ${prov.checkpoint_sha256.slice(0, 12)}…)` : ""}`);
   container.replaceChildren(list);
+  if (detail.figures?.length || detail.report) container.append(trainingSection(detail));
   if (limits.length) {
     container.append(el("h3", { text: "What this bundle cannot do" }), el("ul", { class: "limits" }, ...limits.map((t) => el("li", { text: t }))));
   }
+}
+
+/** The training figures (their images are fetched by the page, with the API key) and the report,
+ * shown in a sandboxed frame: static HTML from the bundle, never allowed to run a script here. */
+function trainingSection(detail) {
+  const section = el("section", { class: "training", id: "training" }, el("h3", { text: "How it was trained" }));
+  const gallery = el("div", { class: "figures" });
+  for (const figure of detail.figures || []) {
+    gallery.append(
+      el(
+        "figure",
+        { class: "figure training-figure", "data-figure": figure.name },
+        el("img", { alt: figure.caption, "data-src": figure.url, hidden: true }),
+        el("figcaption", { class: "muted", text: figure.caption }),
+      ),
+    );
+  }
+  if (gallery.children.length) section.append(gallery);
+  if (detail.report) {
+    const frame = el("iframe", { title: "training report", class: "report-frame" });
+    frame.setAttribute("sandbox", "");
+    section.append(
+      el(
+        "details",
+        { id: "report", "data-src": detail.report },
+        el("summary", { text: "Training report: per-class precision and recall, every epoch, the run's configuration" }),
+        frame,
+      ),
+    );
+  }
+  return section;
 }
 
 /** Sentences saying what the current bundle does not offer, shown on the card and next to the panels. */
