@@ -42,8 +42,8 @@ from striate.explain.methods import GRADIENT_METHODS, cam_output_name  # noqa: E
 from striate.manifest import Manifest, Preprocessing  # noqa: E402
 from striate.preprocess import preprocess  # noqa: E402
 from training.byom import export_classifier  # noqa: E402
-from training.byom.check import package_cams_at  # noqa: E402
 from training.byom.sources import timm_preprocessing, with_overrides  # noqa: E402
+from training.explain.reference import package_cams  # noqa: E402
 from training.export.images import PHOTOS  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "byom.json"
@@ -105,7 +105,7 @@ def measure(origin: str, module: nn.Module, bundle: Path, seconds: float, layer:
     maps = dict(zip(GRADIENT_METHODS, explain.run(names, {"image": x, "targets": TARGETS}), strict=True))
     target = module.get_submodule(layer or manifest.explain.target_layer)
     for method in GRADIENT_METHODS:
-        reference = package_cams_at(module, target, torch.from_numpy(x), method, TARGETS)
+        reference = package_cams(module, torch.from_numpy(x), method, TARGETS, target)
         row["cam_max_abs_diff"][method] = float(np.max(np.abs(maps[method] - reference)))
         if method == "gradcam":
             row["gradcam_maps_not_flat"] = float(np.mean(reference.max(axis=(2, 3)) > 0))

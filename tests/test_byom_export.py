@@ -29,8 +29,8 @@ from striate.errors import StriateError
 from striate.manifest import Manifest, Preprocessing
 from striate.preprocess import preprocess
 from training.byom import export_classifier
-from training.byom.check import package_cams_at
 from training.byom.specs import is_model_spec
+from training.explain.reference import package_cams
 from training.export import export_model
 from training.export.images import real_images
 
@@ -212,7 +212,7 @@ def test_exported_model_explains_like_pytorch_grad_cam_over_http(exported, clien
         served = np.array([e["cam"] for e in body["results"][0]["explanations"]])
         x = torch.from_numpy(preprocess(Image.open(io.BytesIO(data)), manifest.preprocessing)[None])
         layer = module.get_submodule(manifest.explain.target_layer)
-        expected = package_cams_at(module, layer, x, method, np.array([[1, 0]]))[0]
+        expected = package_cams(module, x, method, np.array([[1, 0]]), layer)[0]
         np.testing.assert_allclose(served, expected, atol=1e-4)
     r = client.post(f"/v1/models/{name}/explain?method=occlusion", content=data, headers=PNG)
     assert r.status_code == 200, r.text

@@ -9,7 +9,6 @@ bound is judged against a float64 reference exactly as for zoo models (`MethodPa
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +16,10 @@ import torch
 from torch import nn
 
 from striate.errors import StriateError
-from striate.explain.methods import METHODS
 from striate.manifest import MethodParity, Parity
-from training.explain.reference import TorchCAM
 from training.export.onnx_export import EXPLAIN_FILE, MODEL_FILE
-from training.export.parity import TOLERANCE, parity_targets, session
-from training.export.wrappers import CAM_OUTPUTS, EMBEDDING, EXPLAINED, IMAGE, LOGITS, TARGETS, map_name
+from training.export.parity import TOLERANCE, check_explain_parity, raise_on_missed, session
+from training.export.wrappers import EMBEDDING, IMAGE, LOGITS, map_name
 
 from .graph import MapsGraph, map_output_name
 
@@ -33,48 +30,6 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 def _scale(reference: np.ndarray) -> float:
     return max(1.0, float(np.max(np.abs(reference)))) if reference.size else 1.0
-
-
-def package_cams_at(
-    model: nn.Module, layer: nn.Module, images: torch.Tensor, method: str, targets: np.ndarray
-) -> np.ndarray:
-    """[N, T, h, w]: pytorch-grad-cam's class for `method` at `layer`, at the layer's own resolution.
-
-    As training.explain.reference.package_cams, for a layer of any module: the package resizes its
-    map to a target size with cv2, which leaves a map of the feature map's own size untouched.
-    """
-    import pytorch_grad_cam
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    base = getattr(pytorch_grad_cam, METHODS[method].package_class)
-    shape: list[tuple[int, int]] = []
-    handle = layer.register_forward_hook(lambda m, a, out: shape.append(tuple(out.shape[-2:])))
-    try:
-        with torch.no_grad():
-            model(images[:1])
-    finally:
-        handle.remove()
-    fh, fw = shape[-1]
-
-    class FeatureResolution(base):
-        def get_target_width_height(self, input_tensor: torch.Tensor) -> tuple[int, int]:
-            return int(fw), int(fh)
-
-    explainer = FeatureResolution(model, [layer])
-    try:
-        columns = [
-            explainer(images, [ClassifierOutputTarget(int(t)) for t in targets[:, j]]) for j in range(targets.shape[1])
-        ]
-    finally:
-        explainer.activations_and_grads.release()
-    return np.stack(columns, axis=1)
-
-
-def float64_cams_at(model: nn.Module, path: str, images: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
-    """Every gradient method's maps by autograd on a float64 copy of the module, at module `path`."""
-    double = copy.deepcopy(model).double().eval()
-    with TorchCAM(double, double.get_submodule(path)) as ref:
-        return ref(torch.from_numpy(np.asarray(images, np.float64)), targets, list(CAM_OUTPUTS))
 
 
 class _Probe:
@@ -143,41 +98,12 @@ def check_explain_graph(
     path: Path, model: nn.Module, target: str, images: np.ndarray, logits: np.ndarray, tolerance: float
 ) -> tuple[float, tuple[MethodParity, ...]]:
     """explain.onnx against pytorch-grad-cam at module `target`: (logits diff, per-method parity); raises on a miss."""
-    sess = session(path)
-    targets = parity_targets(len(images), logits.shape[1])
-    names = [LOGITS, EXPLAINED, *CAM_OUTPUTS.values()]
-    out = dict(zip(names, sess.run(names, {IMAGE: images, TARGETS: targets}), strict=True))
-    order = np.argsort(-logits, axis=1, kind="stable")
-    expected = np.where(targets < 0, np.take_along_axis(order, np.clip(-targets - 1, 0, None), 1), targets)
-    chosen = out[EXPLAINED]
-    if not np.array_equal(chosen[:, 2], expected[:, 2]):
-        raise StriateError(f"explain.onnx explained classes {chosen[:, 2]} instead of {expected[:, 2]}")
-    logits_diff = _max_diff(out[LOGITS], logits)
+    methods = check_explain_parity(path, model, images, logits, tolerance, layer_path=target)
+    logits_diff = methods.pop(LOGITS).max_abs_diff
     if not logits_diff <= tolerance * _scale(logits):
         raise StriateError(f"parity check failed: explain.onnx logits differ from torch by {logits_diff:.3g}")
-    x = torch.from_numpy(images)
-    layer = model.get_submodule(target)
-    results = []
-    reference64: dict[str, np.ndarray] | None = None
-    for method, output in CAM_OUTPUTS.items():
-        package = package_cams_at(model, layer, x, method, chosen)
-        result = MethodParity(method=method, max_abs_diff=_max_diff(out[output], package), tolerance=tolerance)
-        if not result.max_abs_diff <= tolerance:
-            reference64 = reference64 or float64_cams_at(model, target, images, chosen)
-            result = result.model_copy(
-                update={
-                    "float64_diff": _max_diff(out[output], reference64[method]),
-                    "package_float64_diff": _max_diff(package, reference64[method]),
-                }
-            )
-        if not result.passed:
-            raise StriateError(
-                f"parity check failed: {METHODS[method].title} in onnxruntime differs from pytorch-grad-cam's "
-                f"{METHODS[method].package_class} by {result.max_abs_diff:.3g} (tolerance {tolerance:g}) "
-                f"at {target!r} on {len(images)} real images"
-            )
-        results.append(result)
-    return logits_diff, tuple(results)
+    raise_on_missed(methods.values(), len(images), where=f" at {target!r}")
+    return logits_diff, tuple(methods.values())
 
 
 def check_bundle(

@@ -71,16 +71,21 @@ class TorchCAM:
 
 
 def float64_cams(
-    model: nn.Module, images: np.ndarray, targets: np.ndarray, methods: list[str]
+    model: nn.Module, images: np.ndarray, targets: np.ndarray, methods: list[str], layer_path: str | None = None
 ) -> dict[str, np.ndarray]:
-    """The float64 reference: our base on a double-precision copy of the model."""
+    """The float64 reference: our base on a double-precision copy of the model, at module `layer_path`
+    (default: the last stage of a Striate model)."""
     double = copy.deepcopy(model).double().eval()
-    with TorchCAM(double) as ref:
+    layer = double.get_submodule(layer_path) if layer_path else None
+    with TorchCAM(double, layer) as ref:
         return ref(torch.from_numpy(np.asarray(images, np.float64)), targets, methods)
 
 
-def package_cams(model: nn.Module, images: torch.Tensor, method: str, targets: np.ndarray) -> np.ndarray:
-    """[N, T, h, w]: pytorch-grad-cam's class for `method` on the last stage, at feature resolution.
+def package_cams(
+    model: nn.Module, images: torch.Tensor, method: str, targets: np.ndarray, layer: nn.Module | None = None
+) -> np.ndarray:
+    """[N, T, h, w]: pytorch-grad-cam's class for `method` at `layer` (default: the last stage of a
+    Striate model), at feature resolution.
 
     The package resizes its [0, 1] map to the input size with cv2; here the target size is the
     feature map's own size, which cv2.resize leaves untouched, so nothing else differs.
@@ -89,9 +94,15 @@ def package_cams(model: nn.Module, images: torch.Tensor, method: str, targets: n
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     base = getattr(pytorch_grad_cam, METHODS[method].package_class)
-    layer = list(model.stages.values())[-1]
-    with torch.no_grad():
-        fh, fw = model.forward_features(images[:1]).shape[-2:]
+    layer = layer if layer is not None else list(model.stages.values())[-1]
+    sizes: list[tuple[int, int]] = []
+    handle = layer.register_forward_hook(lambda m, args, out: sizes.append(tuple(out.shape[-2:])))
+    try:
+        with torch.no_grad():
+            model(images[:1])
+    finally:
+        handle.remove()
+    fh, fw = sizes[-1]
 
     class FeatureResolution(base):
         def get_target_width_height(self, input_tensor: torch.Tensor) -> tuple[int, int]:
@@ -108,7 +119,12 @@ def package_cams(model: nn.Module, images: torch.Tensor, method: str, targets: n
 
 
 def package_float64_diff(
-    model: nn.Module, images: np.ndarray, method: str, targets: np.ndarray, reference: np.ndarray
+    model: nn.Module,
+    images: np.ndarray,
+    method: str,
+    targets: np.ndarray,
+    reference: np.ndarray,
+    layer: nn.Module | None = None,
 ) -> float:
     """How far pytorch-grad-cam's own maps land from the float64 `reference`: the farthest of its
     runs on `PACKAGE_THREADS` torch threads (the thread setting is restored afterwards)."""
@@ -118,7 +134,7 @@ def package_float64_diff(
         diffs = []
         for threads in PACKAGE_THREADS:
             torch.set_num_threads(threads)
-            maps = package_cams(model, x, method, targets)
+            maps = package_cams(model, x, method, targets, layer)
             diffs.append(float(np.max(np.abs(maps.astype(np.float64) - reference))))
         return max(diffs)
     finally:

@@ -10,12 +10,14 @@ farthest run over one and several torch threads, whose summation orders round di
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from torch import nn
 
 from striate.errors import StriateError
 from striate.explain.methods import METHODS
@@ -110,15 +112,25 @@ def check_parity(
                 f"parity check failed: onnxruntime and torch {what} differ by {value:.3g} "
                 f"(tolerance {bound:.3g}) on {len(images)} real images"
             )
-    for result in methods.values():
+    raise_on_missed(methods.values(), len(images))
+    return parity, tuple(methods.values())
+
+
+def raise_on_missed(results: Iterable[MethodParity], images: int, where: str = "") -> None:
+    """Refuse the bundle on the first method over its tolerance and farther from float64 than the package."""
+    for result in results:
         if not result.passed:
+            far = (
+                f" and from the float64 reference by {result.float64_diff:.3g} (pytorch-grad-cam: "
+                f"{result.package_float64_diff:.3g})"
+                if result.float64_diff is not None and result.package_float64_diff is not None
+                else ""
+            )
             raise StriateError(
                 f"parity check failed: {METHODS[result.method].title} in onnxruntime differs from "
                 f"pytorch-grad-cam's {METHODS[result.method].package_class} by {result.max_abs_diff:.3g} "
-                f"(tolerance {result.tolerance:g}) and from the float64 reference by {result.float64_diff:.3g} "
-                f"(pytorch-grad-cam: {result.package_float64_diff:.3g}) on {len(images)} real images"
+                f"(tolerance {result.tolerance:g}){far}{where} on {images} real images"
             )
-    return parity, tuple(methods.values())
 
 
 def parity_targets(num_images: int, num_classes: int) -> np.ndarray:
@@ -129,37 +141,47 @@ def parity_targets(num_images: int, num_classes: int) -> np.ndarray:
 
 
 def check_explain_parity(
-    path: Path, model: StriateModel, images: np.ndarray, logits: np.ndarray, tolerance: float
+    path: Path,
+    model: nn.Module,
+    images: np.ndarray,
+    logits: np.ndarray,
+    tolerance: float,
+    layer_path: str | None = None,
 ) -> dict[str, MethodParity]:
-    """Per gradient method: onnxruntime vs pytorch-grad-cam (and, when over `tolerance`, both vs a
-    float64 reference); plus the graph's logits against `logits` under the key "logits"."""
+    """Per gradient method: onnxruntime vs pytorch-grad-cam at module `layer_path` (default: a Striate
+    model's last stage) and, when over `tolerance`, both vs a float64 reference; plus the graph's logits
+    against `logits` under the key "logits"."""
     explain = session(path)
-    names = [o.name for o in explain.get_outputs()]
-    if names != list(EXPLAIN_IO.outputs):
-        raise StriateError(f"explain.onnx outputs {names} differ from the declared {list(EXPLAIN_IO.outputs)}")
+    names = list(EXPLAIN_IO.outputs)
+    missing = sorted(set(names) - {o.name for o in explain.get_outputs()})
+    if missing:
+        raise StriateError(f"explain.onnx lacks the declared outputs {missing}")
     targets = parity_targets(len(images), logits.shape[1])
-    out = dict(zip(names, explain.run(None, {IMAGE: images, TARGETS: targets}), strict=True))
+    out = dict(zip(names, explain.run(names, {IMAGE: images, TARGETS: targets}), strict=True))
     chosen = out[EXPLAINED]
     order = np.argsort(-logits, axis=1, kind="stable")
     expected_chosen = np.where(targets < 0, np.take_along_axis(order, np.clip(-targets - 1, 0, None), 1), targets)
     if not np.array_equal(chosen[:, 2], expected_chosen[:, 2]):
         raise StriateError(f"explain.onnx explained classes {chosen[:, 2]} instead of {expected_chosen[:, 2]}")
     x = torch.from_numpy(images)
+    layer = model.get_submodule(layer_path) if layer_path else None
     results: dict[str, MethodParity] = {
         LOGITS: MethodParity(method=LOGITS, max_abs_diff=_max_diff(out[LOGITS], logits), tolerance=tolerance)
     }
     reference64: dict[str, np.ndarray] | None = None
     for method, output in CAM_OUTPUTS.items():
-        package = package_cams(model, x, method, chosen)
+        package = package_cams(model, x, method, chosen, layer)
         diff = _max_diff(out[output], package)
         result = MethodParity(method=method, max_abs_diff=diff, tolerance=tolerance)
         if not diff <= tolerance:
             if reference64 is None:
-                reference64 = float64_cams(model, images, chosen, list(CAM_OUTPUTS))
+                reference64 = float64_cams(model, images, chosen, list(CAM_OUTPUTS), layer_path)
             result = result.model_copy(
                 update={
                     "float64_diff": _max_diff(out[output], reference64[method]),
-                    "package_float64_diff": package_float64_diff(model, images, method, chosen, reference64[method]),
+                    "package_float64_diff": package_float64_diff(
+                        model, images, method, chosen, reference64[method], layer
+                    ),
                 }
             )
         results[method] = result
