@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from striate.explain.methods import METHODS
 from striate.manifest import Preprocessing
 from striate.normalization import IMAGENET_MEAN, IMAGENET_STD
+from training.explain import reference
 from training.export import images as real
 
 SIZE = 64  # small inputs keep the suite fast; every source model still ends in a 2x2 map
@@ -186,28 +186,5 @@ def source_input(name: str, images: np.ndarray) -> torch.Tensor:
 
 def package_cams(name: str, images: np.ndarray, method: str, targets: np.ndarray) -> np.ndarray:
     """[N, T, h, w]: pytorch-grad-cam's class for `method` on the source torch model, at map resolution."""
-    import pytorch_grad_cam
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     model = source_model(name)
-    layer = SOURCES[name].layer(model)
-    x = source_input(name, images)
-    maps: list[torch.Tensor] = []
-    hook = layer.register_forward_hook(lambda module, args, out: maps.append(out))
-    with torch.no_grad():
-        model(x[:1])
-    hook.remove()
-    fh, fw = maps[0].shape[-2:]
-
-    class FeatureResolution(getattr(pytorch_grad_cam, METHODS[method].package_class)):
-        def get_target_width_height(self, input_tensor: torch.Tensor) -> tuple[int, int]:
-            return int(fw), int(fh)
-
-    explainer = FeatureResolution(model, [layer])
-    try:
-        columns = [
-            explainer(x, [ClassifierOutputTarget(int(t)) for t in targets[:, j]]) for j in range(targets.shape[1])
-        ]
-    finally:
-        explainer.activations_and_grads.release()
-    return np.stack(columns, axis=1)
+    return reference.package_cams(model, source_input(name, images), method, targets, SOURCES[name].layer(model))
