@@ -7,6 +7,7 @@ gradient method's maps against pytorch-grad-cam on the source model's layer.
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -291,3 +292,22 @@ def test_manifest_records_origin_and_self_check(imported):
     assert parity["max_abs_diff_cam"] <= TOLERANCE
     assert [layer["name"] for layer in manifest["layers"]] == ["embedding", "stages.3.blocks.1"]
     assert manifest["explain"]["target_layer"] == "stages.3.blocks.1"
+
+
+def test_striate_analyze_reads_an_imported_bundle(tmp_path, capsys):
+    """`striate analyze` takes an imported bundle like an exported one: gallery (a gradient and a
+    gradient-free method, scored) and separability of the imported target layer."""
+    path = onnx_file("torchvision-resnet18")
+    _, target = list_tensors(path, PREPROCESSING)
+    digits = [str(d) for d in range(10)]
+    bundle = import_onnx(path, digits, PREPROCESSING, "imported", out_root=tmp_path, target_tensor=target)
+    out = tmp_path / "analysis"
+    common = ["--data", "digits", "--out", out]
+    gallery = ["gallery", bundle, "--methods", "gradcam,scorecam", "--correct", "1", "--wrong", "1", *common]
+    assert main(["analyze", *map(str, gallery), "--samples", "20"]) == 0
+    scores = json.loads((out / "faithfulness.json").read_text())["methods"]
+    assert {"gradcam", "scorecam"} <= set(scores) and np.isfinite(scores["gradcam"]["road"]), scores
+    assert main(["analyze", "separability", str(bundle), "--samples", "40", *map(str, common)]) == 0
+    layers = {row["layer"] for row in csv.DictReader((out / "separability.csv").open())}
+    assert any(layer.startswith("layer4.1.relu_1") for layer in layers), layers
+    capsys.readouterr()

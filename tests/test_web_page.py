@@ -35,7 +35,19 @@ def web_models(tmp_path_factory) -> Path:
     build_bundle(root, "photos", 1, color_mode="RGB", size=(32, 32), num_classes=3, seed=3)
     build_bundle(root, "photos", 2, color_mode="RGB", size=(32, 32), num_classes=3, seed=4)
     without_gradient_graph(build_bundle(root, "nograd", 1))  # no explain graph: no gradient methods
+    _import_resnet18(root)
     return root
+
+
+def _import_resnet18(root: Path) -> None:
+    """A foreign ONNX classifier (torchvision resnet18 written by torch.onnx) through `import_onnx`."""
+    from tests.import_fixtures import LABELS, PREPROCESSING, onnx_file
+    from training.importer import import_onnx
+    from training.importer.api import list_tensors
+
+    path = onnx_file("torchvision-resnet18")
+    _, target = list_tensors(path, PREPROCESSING)
+    import_onnx(path, LABELS, PREPROCESSING, "imported", out_root=root, target_tensor=target)
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +157,29 @@ def test_an_rgb_bundle_takes_photos_and_says_what_it_cannot_do(browser, site):  
     assert any(url.endswith("/v1/models/photos/versions/1/classify?top_k=3") for url in sent), sent
     assert page.locator("#prediction .bar").count() == 3
     screenshot(page, "page-rgb-bundle.png")
+    assert watch.console_errors == []
+    page.close()
+
+
+def test_an_imported_onnx_classifier_is_read_and_explained_like_an_exported_one(browser, site):  # noqa: F811
+    page, watch = open_page(browser, site)
+    page.select_option("#model", "imported")
+    page.wait_for_function("document.getElementById('model-card').textContent.includes('imported v1')")
+    settle(page)
+    methods = page.locator("#method option").evaluate_all("options => options.map(o => o.value)")
+    assert {"gradcam", "gradcampp", "scorecam"} <= set(methods), methods
+    pick_sample(page, "photo-cat.jpg")
+    from tests.import_fixtures import LABELS
+
+    assert page.locator("#prediction .bar").count() == min(5, len(LABELS))
+    assert page.locator("#top1").inner_text().split()[0] in LABELS
+    first = image_pixels(page, "#overlay")
+    before = page.locator("#overlay").get_attribute("data-request")
+    page.select_option("#method", "layercam")
+    page.wait_for_function(f"document.getElementById('overlay').dataset.request !== {before!r}")
+    settle(page)
+    assert np.abs(first - image_pixels(page, "#overlay")).mean() > 0.5, "LayerCAM drew Grad-CAM's map"
+    screenshot(page, "page-imported-bundle.png")
     assert watch.console_errors == []
     page.close()
 
