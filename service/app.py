@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from contextlib import asynccontextmanager
 
@@ -87,6 +88,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await repo.start()
         app.state.repository = repo
         app.state.inference = Inference(settings)
+        # Everything built so far (app, schemas, sessions) lives as long as the server: out of the
+        # collector's sight, a full collection no longer walks it (long pauses, a worse p99).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

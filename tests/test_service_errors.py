@@ -74,6 +74,13 @@ def test_request_shape_errors(client):
     _error(
         client.post("/v1/models/tiny/classify?top_k=0", content=good, headers=PNG), 422, "invalid_parameter", "top_k"
     )
+    # classify reads top_k itself (DirectRoute): FastAPI's type and bounds, on both URL forms
+    for url in ("/v1/models/tiny/classify?top_k=x", "/v1/models/tiny/versions/1/classify?top_k=1001"):
+        _error(client.post(url, content=good, headers=PNG), 422, "invalid_parameter", "query.top_k: Input should be")
+    assert (
+        len(client.post("/v1/models/tiny/classify?top_k=2", content=good, headers=PNG).json()["results"][0]["top_k"])
+        == 2
+    )
     files = [("f", (f"{i}.png", good, "image/png")) for i in range(257)]
     _error(client.post("/v1/models/tiny/classify", files=files), 413, "payload_too_large", "256")
 
@@ -166,8 +173,8 @@ def test_api_key_guards_everything_but_health(locked):
         assert c.get("/v1/models", headers={"authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/v1/models", headers={"authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/metrics", headers={"x-api-key": "s3cret"}).status_code == 200
-        r = c.post("/v1/models/tiny/classify", content=digits_png_bytes(0), headers=PNG)
-        _error(r, 401, "unauthorized", "API key")
+        for url in ("/v1/models/tiny/classify", "/v1/models/nope/classify?top_k=0"):  # the key comes first
+            _error(c.post(url, content=digits_png_bytes(0), headers=PNG), 401, "unauthorized", "API key")
         r = c.post("/v2/models/tiny/infer", json={"inputs": []})
         assert r.status_code == 401 and isinstance(r.json()["error"], str)
     triton = tritonhttp.InferenceServerClient(locked[len("http://") :])

@@ -13,11 +13,13 @@ from collections.abc import Callable
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, FastAPI, Path
+from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
+from pydantic import TypeAdapter, ValidationError
 
-from service.errors import ErrorBody, V2ErrorBody, is_v2
+from service.errors import ErrorBody, Unprocessable, V2ErrorBody, is_v2
 from service.repository import LoadedModel
 
 ERROR_MEANINGS = {
@@ -62,6 +64,52 @@ def model_route(router: APIRouter, method: str, suffix: str, **kwargs) -> Callab
         return fn
 
     return wrap
+
+
+class DirectRoute(APIRoute):
+    """A route whose endpoint has a `direct(request)` twin that serves it: the twin reads the path,
+    query, headers and body itself, so a request skips FastAPI's dependency resolution and parameter
+    validation (on a small model, a sizeable part of a request's CPU). FastAPI still routes it and
+    documents it from the endpoint's signature, dependencies and responses; the twin must do what
+    they declare (the API tests hold the two together). Endpoints without a twin are served as usual.
+    """
+
+    def get_route_handler(self):
+        direct = getattr(self.endpoint, "direct", None)
+        return direct if direct is not None else super().get_route_handler()
+
+
+def serves(endpoint: Callable) -> Callable[[Callable], Callable]:
+    """Decorator: the function below is `endpoint`'s `direct` twin (see `DirectRoute`)."""
+
+    def attach(direct: Callable) -> Callable:
+        endpoint.direct = direct  # type: ignore[attr-defined]
+        return direct
+
+    return attach
+
+
+class InvalidParameter(Unprocessable):
+    code = "invalid_parameter"  # the code FastAPI's own parameter validation answers with
+
+
+class QueryParam:
+    """One query parameter validated as FastAPI would (same type, bounds and 422 message), for
+    `DirectRoute` twins; `annotation` is the endpoint's own `Annotated[type, Query(...)]`."""
+
+    def __init__(self, name: str, annotation: object, default: object) -> None:
+        self.name, self.default = name, default
+        self._adapter = TypeAdapter(annotation)
+
+    def __call__(self, request: Request):
+        raw = request.query_params.get(self.name)
+        if raw is None:
+            return self.default
+        try:
+            return self._adapter.validate_python(raw)
+        except ValidationError as exc:
+            messages = "; ".join(f"query.{self.name}: {err['msg']}" for err in exc.errors())
+            raise InvalidParameter(messages) from None
 
 
 def install_openapi(app: FastAPI) -> None:
