@@ -138,13 +138,16 @@ def _parse_input(spec, index: int, binary: memoryview, offset: int) -> tuple[str
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise BadRequest(f'input {name!r}: "shape" must be a list of non-negative integers')
     count = math.prod(shape)
-    size = (spec.get("parameters") or {}).get("binary_data_size")
+    in_params = spec.get("parameters") or {}
+    if not isinstance(in_params, dict):
+        raise BadRequest(f'input {name!r}: "parameters" must be an object')
+    size = in_params.get("binary_data_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
     if datatype == "BYTES":
         return _parse_bytes(name, spec, shape, count, size, binary, offset)
     dtype = DATATYPES[datatype]
     if size is not None:
-        if not isinstance(size, int) or size < 0:
-            raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
         if size != count * dtype.itemsize:
             raise BadRequest(
                 f"input {name!r}: binary_data_size {size} does not match shape {shape} of {datatype} "
@@ -170,7 +173,7 @@ def _parse_bytes(name, spec, shape, count, size, binary: memoryview, offset: int
     or JSON strings holding base64 (encoded images are not text)."""
     items: list[bytes] = []
     if size is not None:
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+        if offset + size > len(binary):
             raise BadRequest(f"input {name!r}: binary_data_size {size} is outside the body")
         blob, pos = binary[offset : offset + size], 0
         while pos < len(blob):

@@ -19,4 +19,4 @@ def repo_root() -> Path:
 
 
 # Fixtures for the service tests (bundles, a real uvicorn server on loopback).
-pytest_plugins = ["service_fixtures"]
+pytest_plugins = ["service_fixtures", "web_browser"]  # fixtures shared by every module (one browser a session)

@@ -189,6 +189,20 @@ def test_classification_extension_refuses_maps_and_bad_counts(server, model_dir)
     assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [1, 10]  # k past the classes: all
 
 
+@pytest.mark.parametrize("verb", ["infer", "explain"])
+@pytest.mark.parametrize(
+    ("parameters", "words"),
+    [([None, None], '"parameters" must be an object'), ({"binary_data_size": True}, "non-negative integer")],
+    ids=["parameters-a-list", "size-a-bool"],
+)
+def test_malformed_input_parameters_are_a_400_not_a_crash(server, verb, parameters, words):
+    """Found by schemathesis: an input's `parameters` given as a list reached `.get` (a 500)."""
+    image = {"name": "image", "datatype": "FP32", "shape": [1], "data": [0.0], "parameters": parameters}
+    r = httpx.post(f"{server}/v2/models/tiny/{verb}", json={"inputs": [image]})
+    assert r.status_code == 400 and words in r.json()["error"], r.text
+    assert httpx.get(f"{server}/v2/health/ready").status_code == 200
+
+
 def test_openapi_documents_v2_truthfully(server):
     spec = httpx.get(f"{server}/openapi.json").json()
     infer = spec["paths"]["/v2/models/{name}/infer"]["post"]

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from service_fixtures import DEFAULT_BUNDLE, build_bundle, make_settings, run_server, without_gradient_graph
-from web_browser import browser, draw_strokes, image_pixels, open_page, screenshot, settle  # noqa: F401
+from web_browser import draw_strokes, image_pixels, open_page, screenshot, settle
 
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_BUNDLE / "manifest.json").exists(), reason="the default digits bundle is not exported"
@@ -63,7 +63,7 @@ def pick_sample(page, file: str) -> None:
     settle(page)
 
 
-def test_page_reads_a_clicked_sample_and_shows_every_panel(browser, site):  # noqa: F811
+def test_page_reads_a_clicked_sample_and_shows_every_panel(browser, site):
     page, watch = open_page(browser, site)
     assert page.title().startswith("Striate")
     assert page.locator("#model").input_value() == "digits"
@@ -82,7 +82,7 @@ def test_page_reads_a_clicked_sample_and_shows_every_panel(browser, site):  # no
     page.close()
 
 
-def test_a_digit_drawn_with_the_mouse_is_read(browser, site):  # noqa: F811
+def test_a_digit_drawn_with_the_mouse_is_read(browser, site):
     page, watch = open_page(browser, site)
     page.click("#tab-draw")
     draw_strokes(page, "#pad", SEVEN)
@@ -97,7 +97,7 @@ def test_a_digit_drawn_with_the_mouse_is_read(browser, site):  # noqa: F811
     page.close()
 
 
-def test_switching_the_target_class_and_opacity_changes_the_overlay(browser, site):  # noqa: F811
+def test_switching_the_target_class_and_opacity_changes_the_overlay(browser, site):
     page, watch = open_page(browser, site)
     pick_sample(page, "digit-7-light-on-dark.png")
     assert page.locator("#top1").inner_text() == "7"
@@ -120,7 +120,7 @@ def test_switching_the_target_class_and_opacity_changes_the_overlay(browser, sit
     page.close()
 
 
-def test_switching_the_method_changes_the_overlay(browser, site):  # noqa: F811
+def test_switching_the_method_changes_the_overlay(browser, site):
     page, watch = open_page(browser, site)
     methods = page.locator("#method option").all_inner_texts()
     assert len(methods) >= 2, f"the bundle offers one explanation method only: {methods}"
@@ -138,7 +138,7 @@ def test_switching_the_method_changes_the_overlay(browser, site):  # noqa: F811
     page.close()
 
 
-def test_an_rgb_bundle_takes_photos_and_says_what_it_cannot_do(browser, site):  # noqa: F811
+def test_an_rgb_bundle_takes_photos_and_says_what_it_cannot_do(browser, site):
     page, watch = open_page(browser, site)
     page.select_option("#model", "photos")
     page.wait_for_function("document.getElementById('tab-draw').disabled")
@@ -161,7 +161,7 @@ def test_an_rgb_bundle_takes_photos_and_says_what_it_cannot_do(browser, site):  
     page.close()
 
 
-def test_an_imported_onnx_classifier_is_read_and_explained_like_an_exported_one(browser, site):  # noqa: F811
+def test_an_imported_onnx_classifier_is_read_and_explained_like_an_exported_one(browser, site):
     page, watch = open_page(browser, site)
     page.select_option("#model", "imported")
     page.wait_for_function("document.getElementById('model-card').textContent.includes('imported v1')")
@@ -184,7 +184,7 @@ def test_an_imported_onnx_classifier_is_read_and_explained_like_an_exported_one(
     page.close()
 
 
-def test_the_api_key_is_asked_for_and_sent_as_a_header(browser, web_models):  # noqa: F811
+def test_the_api_key_is_asked_for_and_sent_as_a_header(browser, web_models):
     with run_server(make_settings(web_models, api_key="s3cret-key")) as url:
         page, watch = open_page(browser, url)
         assert "API key" in page.locator("#banner").inner_text()
@@ -202,7 +202,7 @@ def test_the_api_key_is_asked_for_and_sent_as_a_header(browser, web_models):  # 
 
 
 @pytest.mark.parametrize(("path", "rendered"), [("/docs", ".swagger-ui .info .title"), ("/redoc", "redoc h1")])
-def test_the_api_docs_render_offline(browser, site, path, rendered):  # noqa: F811
+def test_the_api_docs_render_offline(browser, site, path, rendered):
     page, watch = open_page(browser, site)
     page.goto(site + path)
     page.wait_for_selector(rendered, timeout=60_000)
@@ -214,7 +214,7 @@ def test_the_api_docs_render_offline(browser, site, path, rendered):  # noqa: F8
 
 
 @pytest.mark.parametrize("how", ["file", "drop", "paste"])
-def test_an_image_can_be_chosen_dropped_or_pasted(browser, site, how):  # noqa: F811
+def test_an_image_can_be_chosen_dropped_or_pasted(browser, site, how):
     page, watch = open_page(browser, site)
     sample = "digit-7-light-on-dark.png"
     if how == "file":
@@ -239,7 +239,7 @@ def test_an_image_can_be_chosen_dropped_or_pasted(browser, site, how):  # noqa: 
     page.close()
 
 
-def test_a_bundle_without_an_explain_graph_offers_only_what_it_can(browser, site):  # noqa: F811
+def test_a_bundle_without_an_explain_graph_offers_only_what_it_can(browser, site):
     detail = httpx.get(f"{site}/v1/models/nograd").json()
     page, watch = open_page(browser, site)
     page.select_option("#model", "nograd")
@@ -262,7 +262,7 @@ def test_a_bundle_without_an_explain_graph_offers_only_what_it_can(browser, site
     page.close()
 
 
-def test_a_file_that_is_not_an_image_gets_the_services_message_not_a_stale_answer(browser, site):  # noqa: F811
+def test_a_file_that_is_not_an_image_gets_the_services_message_not_a_stale_answer(browser, site):
     page, watch = open_page(browser, site)
     pick_sample(page, "digit-3-dark-on-light.png")
     page.set_input_files("#file", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image"}])
