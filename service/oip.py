@@ -131,7 +131,7 @@ def _parse_input(spec, index: int, binary: memoryview, offset: int) -> tuple[str
         raise BadRequest(f'input {index} needs a string "name"')
     name = spec["name"]
     datatype = spec.get("datatype")
-    if datatype not in DATATYPES and datatype != "BYTES":
+    if not isinstance(datatype, str) or (datatype not in DATATYPES and datatype != "BYTES"):
         supported = [*sorted(DATATYPES), "BYTES"]
         raise BadRequest(f"input {name!r}: unsupported datatype {datatype!r}; supported: {supported}")
     shape = spec.get("shape")

@@ -191,13 +191,18 @@ def test_classification_extension_refuses_maps_and_bad_counts(server, model_dir)
 
 @pytest.mark.parametrize("verb", ["infer", "explain"])
 @pytest.mark.parametrize(
-    ("parameters", "words"),
-    [([None, None], '"parameters" must be an object'), ({"binary_data_size": True}, "non-negative integer")],
-    ids=["parameters-a-list", "size-a-bool"],
+    ("fields", "words"),
+    [
+        ({"parameters": [None, None]}, '"parameters" must be an object'),
+        ({"parameters": {"binary_data_size": True}}, "non-negative integer"),
+        ({"datatype": {}}, "unsupported datatype"),
+    ],
+    ids=["parameters-a-list", "size-a-bool", "datatype-an-object"],
 )
-def test_malformed_input_parameters_are_a_400_not_a_crash(server, verb, parameters, words):
-    """Found by schemathesis: an input's `parameters` given as a list reached `.get` (a 500)."""
-    image = {"name": "image", "datatype": "FP32", "shape": [1], "data": [0.0], "parameters": parameters}
+def test_malformed_input_parameters_are_a_400_not_a_crash(server, verb, fields, words):
+    """Found by schemathesis: an input's `parameters` given as a list reached `.get`, and a datatype
+    given as an object reached a dict lookup (both 500s)."""
+    image = {"name": "image", "datatype": "FP32", "shape": [1], "data": [0.0]} | fields
     r = httpx.post(f"{server}/v2/models/tiny/{verb}", json={"inputs": [image]})
     assert r.status_code == 400 and words in r.json()["error"], r.text
     assert httpx.get(f"{server}/v2/health/ready").status_code == 200
