@@ -280,7 +280,7 @@ lb_port=$(free_port)
 export BASE_IMAGE=$BASE_TAG STRIATE_HTTP_PORT=$http_port STRIATE_LB_PORT=$lb_port
 cd "$CHECKOUT"
 t=$SECONDS
-"$COMPOSE" -p "$PROJECT" up -d --wait --wait-timeout 180 >"$WORK/compose.log" 2>&1 \
+"$COMPOSE" -p "$PROJECT" up --build -d --wait --wait-timeout 180 >"$WORK/compose.log" 2>&1 \
     || { tail -30 "$WORK/compose.log"; fail "docker compose up"; }
 say "docker compose up: healthy in $((SECONDS - t)) s on :$http_port (exported/ mounted read-only)"
 check_service "http://127.0.0.1:$http_port"
@@ -291,7 +291,7 @@ svc=$("$COMPOSE" -p "$PROJECT" ps -q striate)
 
 if [ "${SKIP_SCALE:-0}" != 1 ]; then
     t=$SECONDS
-    "$COMPOSE" -p "$PROJECT" --profile scale up -d --wait --wait-timeout 240 >"$WORK/compose.log" 2>&1 \
+    "$COMPOSE" -p "$PROJECT" --profile scale up --build -d --wait --wait-timeout 240 >"$WORK/compose.log" 2>&1 \
         || { tail -30 "$WORK/compose.log"; fail "docker compose --profile scale up"; }
     say "profile scale: 2 replicas + nginx healthy in $((SECONDS - t)) s on :$lb_port"
     check_service "http://127.0.0.1:$lb_port"
