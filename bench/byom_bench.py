@@ -40,21 +40,14 @@ sys.path.insert(0, str(REPO))
 
 from striate.explain.methods import GRADIENT_METHODS, cam_output_name  # noqa: E402
 from striate.manifest import Manifest, Preprocessing  # noqa: E402
-from striate.preprocess import preprocess  # noqa: E402
+from striate.preprocess import imagenet_preprocessing, preprocess  # noqa: E402
 from training.byom import export_classifier  # noqa: E402
 from training.byom.sources import timm_preprocessing, with_overrides  # noqa: E402
 from training.explain.reference import package_cams  # noqa: E402
 from training.export.images import PHOTOS  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "byom.json"
-IMAGENET = Preprocessing(
-    color_mode="RGB",
-    resize_mode="shorter",
-    resize_size=(256, 256),
-    crop_size=(224, 224),
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-)
+IMAGENET = imagenet_preprocessing(224)
 INCEPTION = IMAGENET.model_copy(update={"mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bicubic"})
 TARGETS = np.array([[0, 1, 2]] * 8)  # three fixed classes per photo
 

@@ -36,7 +36,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from striate.manifest import Manifest, Preprocessing  # noqa: E402
+from striate.manifest import Manifest  # noqa: E402
+from striate.preprocess import imagenet_preprocessing  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
 from training.export import export_model  # noqa: E402
 from training.export.data import checkpoint_split  # noqa: E402
@@ -47,14 +48,7 @@ from training.models import create_model  # noqa: E402
 DEFAULT_CKPT = REPO / "checkpoints" / "digits_default.pt"
 DEFAULT_BUNDLE = REPO / "exported" / "digits" / "1"
 RESULTS = REPO / "bench" / "results" / "export.json"
-IMAGENET = Preprocessing(
-    color_mode="RGB",
-    resize_mode="shorter",
-    resize_size=(256, 256),
-    crop_size=(224, 224),
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-)
+IMAGENET = imagenet_preprocessing(224)
 
 
 def session(path: Path) -> ort.InferenceSession:

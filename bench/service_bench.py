@@ -48,22 +48,14 @@ def prepare_models(default_bundle: Path = DEFAULT_BUNDLE) -> list[str]:
     if not (resnet / "manifest.json").exists():
         import torch
 
-        from striate.manifest import Preprocessing
+        from striate.preprocess import imagenet_preprocessing
         from training.export.api import export_model
         from training.models.registry import create_model
 
         torch.set_num_threads(1)
         torch.manual_seed(0)
         model = create_model("resnet18", num_classes=1000, in_chans=3, input_size=224)
-        spec = Preprocessing(
-            color_mode="RGB",
-            resize_mode="shorter",
-            resize_size=(256, 256),
-            crop_size=(224, 224),
-            interpolation="bilinear",
-            mean=(0.485, 0.456, 0.406),
-            std=(0.229, 0.224, 0.225),
-        )
+        spec = imagenet_preprocessing(224)
         shutil.rmtree(BENCH_MODELS / "resnet18", ignore_errors=True)
         export_model(
             model,

@@ -35,6 +35,25 @@ class ImageDecodeError(ValueError):
     """The bytes are not an image we can use; the message says why (safe to show a client)."""
 
 
+IMAGENET_RESIZE_RATIO = 256 / 224  # ImageNet evaluation: shorter side to crop x 256/224, then centre crop
+
+
+def imagenet_preprocessing(crop: int = 224) -> Preprocessing:
+    """ImageNet evaluation as torchvision's weights do it: RGB, shorter side resized to
+    crop x 256/224, centre crop, ImageNet mean/std."""
+    from striate.normalization import IMAGENET_MEAN, IMAGENET_STD
+
+    side = round(crop * IMAGENET_RESIZE_RATIO)
+    return Preprocessing(
+        color_mode="RGB",
+        resize_mode="shorter",
+        resize_size=(side, side),
+        crop_size=(crop, crop),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode bytes into a fully loaded Pillow image with EXIF orientation applied.
 

@@ -61,6 +61,7 @@ def preprocessing_from(args: argparse.Namespace, graph_size: tuple, graph_channe
     from striate.errors import StriateError
     from striate.manifest import Preprocessing
     from striate.normalization import IMAGENET_MEAN, IMAGENET_STD
+    from striate.preprocess import IMAGENET_RESIZE_RATIO
 
     if args.size:
         size = _pair(args.size, "--size")
@@ -73,7 +74,7 @@ def preprocessing_from(args: argparse.Namespace, graph_size: tuple, graph_channe
     resize_mode, resize = "exact", size
     if args.preset == "imagenet":
         mean, std = mean or list(IMAGENET_MEAN), std or list(IMAGENET_STD)
-        side = round(min(size) * 256 / 224)
+        side = round(min(size) * IMAGENET_RESIZE_RATIO)
         resize_mode, resize = "shorter", (side, side)
     if mean is None or std is None:
         raise StriateError("say how inputs are normalised: --preset imagenet, or --mean and --std (0 and 1: [0, 1])")
