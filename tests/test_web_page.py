@@ -63,6 +63,14 @@ def pick_sample(page, file: str) -> None:
     settle(page)
 
 
+def redraw_with(page, select: str, value: str) -> None:
+    """Choose `value` in `select` and wait for the overlay the page requests for it."""
+    before = page.locator("#overlay").get_attribute("data-request")
+    page.select_option(select, value)
+    page.wait_for_function(f"document.getElementById('overlay').dataset.request !== {before!r}")
+    settle(page)
+
+
 def test_page_reads_a_clicked_sample_and_shows_every_panel(browser, site):
     page, watch = open_page(browser, site)
     assert page.title().startswith("Striate")
@@ -126,12 +134,9 @@ def test_switching_the_method_changes_the_overlay(browser, site):
     assert len(methods) >= 2, f"the bundle offers one explanation method only: {methods}"
     pick_sample(page, "digit-4-photo.jpg")
     first = image_pixels(page, "#overlay")
-    before = page.locator("#overlay").get_attribute("data-request")
     values = page.locator("#method option").evaluate_all("options => options.map(o => o.value)")
     current = page.locator("#method").input_value()
-    page.select_option("#method", next(v for v in values if v != current))
-    page.wait_for_function(f"document.getElementById('overlay').dataset.request !== {before!r}")
-    settle(page)
+    redraw_with(page, "#method", next(v for v in values if v != current))
     assert np.abs(first - image_pixels(page, "#overlay")).mean() > 1.0, "a second method drew the same map"
     screenshot(page, "page-method-switch.png")
     assert watch.console_errors == []
@@ -174,10 +179,7 @@ def test_an_imported_onnx_classifier_is_read_and_explained_like_an_exported_one(
     assert page.locator("#prediction .bar").count() == min(5, len(LABELS))
     assert page.locator("#top1").inner_text().split()[0] in LABELS
     first = image_pixels(page, "#overlay")
-    before = page.locator("#overlay").get_attribute("data-request")
-    page.select_option("#method", "layercam")
-    page.wait_for_function(f"document.getElementById('overlay').dataset.request !== {before!r}")
-    settle(page)
+    redraw_with(page, "#method", "layercam")
     assert np.abs(first - image_pixels(page, "#overlay")).mean() > 0.5, "LayerCAM drew Grad-CAM's map"
     screenshot(page, "page-imported-bundle.png")
     assert watch.console_errors == []
