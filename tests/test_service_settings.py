@@ -233,16 +233,20 @@ def test_preprocess_threads_from_the_environment(monkeypatch: pytest.MonkeyPatch
 
 
 def _big_png() -> bytes:
-    """36 Mpixel but 50 kB: decoding and shrinking it takes the server a few hundred milliseconds."""
+    """36 Mpixel but 50 kB: decoding and shrinking it takes the server 0.1 to 0.3 seconds."""
     buf = io.BytesIO()
     Image.linear_gradient("L").resize((6000, 6000)).save(buf, format="PNG")
     return buf.getvalue()
 
 
+BIG_IMAGES = 8  # one decoding thread takes them in turn: the slow request stays announced for a second or more
+
+
 async def _small_after_big(url: str, big: bytes) -> None:
-    """The big image is announced first; the small one arrives, decodes at once and finds the queue empty."""
+    """The big request is announced first; the small one arrives, decodes at once and finds the queue empty."""
+    bigs = [("f", big)] * BIG_IMAGES
     async with httpx.AsyncClient(base_url=url, timeout=120) as ac:
-        slow = asyncio.create_task(ac.post("/v1/models/tiny/classify", content=big, headers=PNG))
+        slow = asyncio.create_task(ac.post("/v1/models/tiny/classify", files=bigs))
         await asyncio.sleep(0.15)  # orders the two requests; nothing here measures time
         fast = await ac.post("/v1/models/tiny/classify", content=digits_png_bytes(0), headers=PNG)
         assert fast.status_code == 200 and (await slow).status_code == 200
@@ -254,14 +258,15 @@ def test_batch_delay_from_the_environment(monkeypatch: pytest.MonkeyPatch, one_m
     Without the wait, the small image would run alone as soon as it is decoded.
     """
     big = _big_png()
-    with _served_from_environment(monkeypatch, one_model, max_batch_delay_ms="60000") as url:
+    env = {"max_batch_delay_ms": "60000", "preprocess_threads": "1"}
+    with _served_from_environment(monkeypatch, one_model, **env) as url:
         merged = False
         for _ in range(3):  # a starved client could send the small one late; one clean ordering suffices
             before = _batch_stats(httpx.get(f"{url}/metrics").text)
             asyncio.run(_small_after_big(url, big))
             after = _batch_stats(httpx.get(f"{url}/metrics").text)
             calls, images, _ = (a - b for a, b in zip(after, before, strict=True))
-            assert images == 2
+            assert images == BIG_IMAGES + 1
             if calls == 1:
                 merged = True
                 break
