@@ -233,6 +233,23 @@ EOF
     curl -sS --fail-with-body "$url/readyz" >/dev/null || fail "not ready after a bad request"
 }
 
+# check_metrics URL: /metrics counts the 5 classify answers of check_service, whichever worker served them.
+check_metrics() {
+    curl -sS --fail-with-body "$1/metrics" >"$WORK/metrics.txt" || fail "GET $1/metrics"
+    python3 - "$WORK/metrics.txt" "$MODEL" <<'EOF' || fail "/metrics does not count every worker's requests"
+import sys
+lines, model = open(sys.argv[1]).read().splitlines(), sys.argv[2]
+counted = sum(
+    float(line.rsplit(" ", 1)[1])
+    for line in lines
+    if line.startswith("striate_requests_total{")
+    and f'model="{model}"' in line and "/classify" in line and 'status="200"' in line
+)
+print(f"   /metrics: {counted:.0f} classify answers counted")
+assert counted == 5, f"{counted} classify answers in /metrics, 5 were served"
+EOF
+}
+
 # wait_healthy CONTAINER SECONDS
 wait_healthy() {
     local state=""
@@ -261,6 +278,7 @@ say "runs as uid $uid; checking the API"
 dk exec "$CONTAINER" python3 -c 'import importlib.util as u, sys; sys.exit(u.find_spec("torch") is not None)' \
     || fail "torch is installed in the image"
 check_service "http://127.0.0.1:$port"
+check_metrics "http://127.0.0.1:$port"
 t=$SECONDS
 dk stop -t 20 "$CONTAINER" >/dev/null
 code=$(dk inspect -f '{{.State.ExitCode}}' "$CONTAINER")
@@ -284,6 +302,7 @@ t=$SECONDS
     || { tail -30 "$WORK/compose.log"; fail "docker compose up"; }
 say "docker compose up: healthy in $((SECONDS - t)) s on :$http_port (exported/ mounted read-only)"
 check_service "http://127.0.0.1:$http_port"
+check_metrics "http://127.0.0.1:$http_port"
 svc=$("$COMPOSE" -p "$PROJECT" ps -q striate)
 [ "$(dk inspect -f '{{range .Mounts}}{{.Destination}}:{{.RW}}{{end}}' "$svc")" = "/models:false" ] \
     || fail "the model dir is not mounted read-only at /models"

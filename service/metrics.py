@@ -1,11 +1,27 @@
-"""Prometheus metrics: one registry per app, an ASGI middleware timing every request."""
+"""Prometheus metrics: one registry per app, an ASGI middleware timing every request.
+
+With several worker processes (service/workers.py) every worker writes its series to files in one
+directory (prometheus_client's multiprocess mode, chosen by PROMETHEUS_MULTIPROC_DIR before the
+first metric exists) and any worker's `/metrics` reports the sum over all of them, including the
+requests of workers that have since died. Gauges cover the live workers: the queue depth is summed,
+models loaded and broken bundles are the most any worker reports (a worker still starting holds none).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own switch to multiprocess mode
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -42,13 +58,54 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "striate_queue_depth", "images waiting for a batch", ["model", "version", "graph"], registry=r
+            "striate_queue_depth",
+            "images waiting for a batch",
+            ["model", "version", "graph"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
-        self.models_loaded = Gauge("striate_models_loaded", "model versions loaded", registry=r)
-        self.models_broken = Gauge("striate_models_broken", "bundles that failed to load", registry=r)
+        self.models_loaded = Gauge(
+            "striate_models_loaded", "model versions loaded", registry=r, multiprocess_mode="livemax"
+        )
+        self.models_broken = Gauge(
+            "striate_models_broken", "bundles that failed to load", registry=r, multiprocess_mode="livemax"
+        )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """This process's series or, in multiprocess mode, every worker's, aggregated."""
+        if not os.environ.get(MULTIPROCESS_DIR_ENV):
+            return generate_latest(self.registry)
+        shared = CollectorRegistry()
+        MultiProcessCollector(shared)
+        return generate_latest(shared)
+
+
+@contextlib.contextmanager
+def shared_between_workers() -> Iterator[Path]:
+    """Multiprocess mode for the worker processes started inside the block (they inherit the
+    environment): PROMETHEUS_MULTIPROC_DIR if the operator set it (emptied of an earlier run's
+    files first, as prometheus_client requires), else a fresh temporary directory, removed after."""
+    given = os.environ.get(MULTIPROCESS_DIR_ENV)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+    else:
+        path = Path(tempfile.mkdtemp(prefix="striate-metrics-"))
+        os.environ[MULTIPROCESS_DIR_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        if not given:
+            os.environ.pop(MULTIPROCESS_DIR_ENV, None)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def worker_exited(pid: int) -> None:
+    """Drop a dead worker's gauges (its counters and histograms stay in the totals)."""
+    if os.environ.get(MULTIPROCESS_DIR_ENV):
+        mark_process_dead(pid)
 
 
 class MetricsMiddleware:

@@ -4,7 +4,8 @@ The parent binds the socket, starts the workers (spawned: each builds its own ap
 models itself, so each holds its own copy of every model in memory), and watches them: a worker
 that dies is replaced; one that fails at start-up (bad bundle directory, port in use) stops the
 whole server with its exit status. SIGTERM or SIGINT is passed on to every worker, each drains as
-one worker would (service/server.py), and the parent exits once all have.
+one worker would (service/server.py), and the parent exits once all have. The workers share their
+Prometheus series through files (service/metrics.py), so `/metrics` counts the whole server.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import threading
 from multiprocessing.context import SpawnProcess
 
+from service.metrics import shared_between_workers, worker_exited
 from service.settings import Settings
 
 log = logging.getLogger("striate.service")
@@ -81,6 +83,10 @@ class WorkerPool:
                 process.terminate()
 
     def run(self) -> int:
+        with shared_between_workers():
+            return self._supervise()
+
+    def _supervise(self) -> int:
         import uvicorn
 
         sock = self._socket = uvicorn.Config(None, host=self.settings.host, port=self.settings.port).bind_socket()
@@ -91,6 +97,7 @@ class WorkerPool:
             for index, process in enumerate(self.processes):
                 if process.is_alive() or self._stop.is_set():
                     continue
+                worker_exited(process.pid)
                 if process.exitcode == STARTUP_FAILURE:
                     log.error("worker %s failed to start; stopping the server", process.pid)
                     self._status = STARTUP_FAILURE

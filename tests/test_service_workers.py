@@ -3,15 +3,18 @@ says what it chose, replaces a worker that dies, and drains every worker on SIGT
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from service_fixtures import REPO, digits_png_bytes, free_port, make_settings
 
 from service.parallelism import plan, usable_cores
@@ -77,35 +80,76 @@ def _wait(predicate, seconds: float = 90.0):
     raise AssertionError("timed out")
 
 
-def test_two_workers_share_the_port_a_dead_one_is_replaced_and_sigterm_stops_all(model_dir):
+@contextlib.contextmanager
+def _two_workers(model_dir: Path, **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`striate serve --workers 2` in a child process, once both workers answer; killed if left running."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STRIATE_")}
-    env |= {"PYTHONPATH": str(REPO), "STRIATE_DEVICE": "cpu"}
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("STRIATE_")}
+    environment |= {"PYTHONPATH": str(REPO), "STRIATE_DEVICE": "cpu"} | env
     cmd = [sys.executable, "-m", "striate.cli", "serve", "--model-dir", str(model_dir), "--port", str(port)]
-    proc = subprocess.Popen([*cmd, "--workers", "2"], env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([*cmd, "--workers", "2"], env=environment, cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
+        _wait(lambda: _ready(proc, f"http://127.0.0.1:{port}"))
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{url}/readyz").status_code == 200 and len(_workers(proc.pid)) == 2
-            except httpx.TransportError:
-                return False
 
-        _wait(ready)
+def _ready(proc: subprocess.Popen, url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz").status_code == 200 and len(_workers(proc.pid)) == 2
+    except httpx.TransportError:
+        return False
+
+
+def test_two_workers_share_the_port_a_dead_one_is_replaced_and_sigterm_stops_all(model_dir):
+    with _two_workers(model_dir) as (proc, url):
         first = _workers(proc.pid)
         assert all(_classify(url) == 200 for _ in range(6))
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
         replaced = _wait(lambda: (w := _workers(proc.pid)) and len(w) == 2 and victim not in w and w)
         assert first - {victim} < replaced
-        _wait(lambda: _classify(url) == 200 if ready() else False)
+        _wait(lambda: _classify(url) == 200 if _ready(proc, url) else False)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 0, stderr[-3000:]
     assert "serving with 2 worker process(es)" in stderr
     assert f"worker {victim} exited" in stderr
     assert not any(Path(f"/proc/{pid}").exists() for pid in replaced)
+
+
+def _sample(metrics: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    raise AssertionError(f"no sample {name} {labels} in /metrics")
+
+
+def test_metrics_count_every_worker_even_those_that_died(model_dir, tmp_path):
+    """Any worker's /metrics reports the whole server: after both first workers are killed, the two
+    that replaced them still count the requests the dead ones answered, and drop the dead ones' gauges."""
+    shared = tmp_path / "metrics"
+    with _two_workers(model_dir, PROMETHEUS_MULTIPROC_DIR=str(shared)) as (proc, url):
+        first = _workers(proc.pid)
+        assert all(_classify(url) == 200 for _ in range(8))
+        for pid in first:
+            os.kill(pid, signal.SIGKILL)
+        _wait(lambda: not _workers(proc.pid) & first and _ready(proc, url))
+        metrics = httpx.get(f"{url}/metrics").text
+        listing = httpx.get(f"{url}/v1/models").json()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    classify = {"model": "tiny", "endpoint": "/v1/models/{name}/classify", "method": "POST", "status": "200"}
+    assert _sample(metrics, "striate_requests_total", **classify) == 8
+    assert _sample(metrics, "striate_request_duration_seconds_count", model="tiny") == 8
+    # per live worker, not summed over two
+    assert _sample(metrics, "striate_models_loaded") == sum(len(m["versions"]) for m in listing["models"])
+    assert _sample(metrics, "striate_models_broken") == len(listing["broken"]) > 0
+    # the dead workers' counters were summed above; their gauges are gone (a worker that had loaded its
+    # models wrote some), so a scrape never adds a dead worker's queue to the live ones'
+    gauges = [f.name for f in shared.glob("gauge_*.db")]
+    assert gauges and not [name for name in gauges for pid in first if name.endswith(f"_{pid}.db")]
