@@ -173,6 +173,7 @@ class Parity(_Strict):
     max_abs_diff_embedding: float
     max_abs_diff_cam: float | None = None
     tolerance: float
+    reference: str = "the torch model"  # what the bundle's outputs were compared with
 
 
 class Provenance(_Strict):

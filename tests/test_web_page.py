@@ -77,6 +77,7 @@ def test_page_reads_a_clicked_sample_and_shows_every_panel(browser, site):
     assert page.locator("#model").input_value() == "digits"
     card = page.locator("#model-card").inner_text()
     assert "resnet18" in card and "grayscale 32×32" in card and "float32" in card
+    assert "against the torch model: max |Δ| logits" in card
     pick_sample(page, "digit-3-dark-on-light.png")
     assert page.locator("#top1").inner_text() == "3"
     assert page.locator("#prediction .bar").count() == 5
@@ -171,6 +172,7 @@ def test_an_imported_onnx_classifier_is_read_and_explained_like_an_exported_one(
     page.select_option("#model", "imported")
     page.wait_for_function("document.getElementById('model-card').textContent.includes('imported v1')")
     settle(page)
+    assert "against the source ONNX graph" in page.locator("#model-card").inner_text()
     methods = page.locator("#method option").evaluate_all("options => options.map(o => o.value)")
     assert {"gradcam", "gradcampp", "scorecam"} <= set(methods), methods
     pick_sample(page, "photo-cat.jpg")

@@ -31,6 +31,7 @@ from .reverse import HeadFunction
 from .tensors import run
 
 PARITY_IMAGES = 8
+SOURCE_REFERENCE = "the source ONNX graph (maps: pytorch-grad-cam on its head)"
 
 
 @dataclass(frozen=True)
@@ -161,5 +162,6 @@ def self_check(
         max_abs_diff_embedding=embedding_diff,
         max_abs_diff_cam=methods[0].max_abs_diff if methods else None,
         tolerance=TOLERANCE,
+        reference=SOURCE_REFERENCE,
     )
     return CheckResult(parity, methods)

@@ -101,7 +101,7 @@ export function renderCard(container, detail, limits) {
   if (prov.parity) {
     const par = prov.parity;
     const cam = par.max_abs_diff_cam != null ? `, Grad-CAM ${fmt(par.max_abs_diff_cam)}` : "";
-    row(list, "ONNX vs torch", `max |Δ| logits ${fmt(par.max_abs_diff_logits)}, embedding ${fmt(par.max_abs_diff_embedding)}${cam} on ${par.images} images (tolerance ${fmt(par.tolerance)})`);
+    row(list, "Parity", `against ${par.reference}: max |Δ| logits ${fmt(par.max_abs_diff_logits)}, embedding ${fmt(par.max_abs_diff_embedding)}${cam} on ${par.images} images (tolerance ${fmt(par.tolerance)})`);
   }
   const methods = explainMethods(detail);
   if (methods.length) {
