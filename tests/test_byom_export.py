@@ -9,6 +9,7 @@ the torch module itself and with pytorch-grad-cam on it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sys
@@ -273,6 +274,8 @@ def test_torchvision_enum_gives_labels_and_transforms_with_a_local_file(tmp_path
     manifest = Manifest.load(tmp_path / "repo" / "squeeze" / "1")
     assert manifest.labels == tuple(torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1.meta["categories"])
     assert manifest.preprocessing.mean == (0.485, 0.456, 0.406) and manifest.preprocessing.crop_size == (48, 48)
+    digest = hashlib.sha256((tmp_path / "squeeze.pth").read_bytes()).hexdigest()
+    assert manifest.provenance.data == f"weights: {(tmp_path / 'squeeze.pth').as_posix()} (sha256 {digest})"
 
 
 def test_weights_enum_takes_its_file_from_the_hub_cache_and_never_downloads(tmp_path, monkeypatch, capsys):
@@ -285,7 +288,9 @@ def test_weights_enum_takes_its_file_from_the_hub_cache_and_never_downloads(tmp_
     cached.parent.mkdir(parents=True)
     torch.save(seeded(torchvision.models.squeezenet1_1, 8).state_dict(), cached)
     assert cli([*args, "--name", "sq", "--out", str(tmp_path / "repo")]) == 0
-    assert f"weights from {cached.as_posix()}, 1000 labels from SqueezeNet1_1_Weights" in capsys.readouterr().out
+    digest = hashlib.sha256(cached.read_bytes()).hexdigest()
+    said = capsys.readouterr().out
+    assert f"weights from {cached.as_posix()} (sha256 {digest}), 1000 labels from SqueezeNet1_1_Weights" in said
 
 
 def test_not_a_classifier_is_refused_in_one_line(tmp_path):
@@ -328,6 +333,7 @@ def test_head_that_cannot_be_differentiated_exports_gradient_free(tmp_path):
     said = " ".join(o.description for o in manifest.outputs)
     assert "gradient-free methods only" in said and "CumSum" in said
     assert manifest.provenance.parity.max_abs_diff_logits <= 1e-4
+    assert manifest.provenance.parity.reference == "the torch model"  # byom checks against the module itself
     with run_server(make_settings(tmp_path)) as url, httpx.Client(base_url=url, timeout=60) as c:
         data = png(real_images(1)[0])
         assert c.post("/v1/models/cumsum/explain?method=scorecam", content=data, headers=PNG).status_code == 200

@@ -18,6 +18,7 @@ from torch import nn
 
 from striate.errors import StriateError
 from striate.manifest import Preprocessing
+from training.checkpoint import file_sha256
 
 from . import sources
 from .export import export_classifier, inspect_classifier
@@ -82,13 +83,10 @@ def prepare(
         raise StriateError("--random-init exports the builder's random weights; do not combine it with weights")
     enum = torchvision_enum(spec.name, pretrained) if pretrained else None
     model = build_model(spec)
-    if weights is not None:
-        load_weights(model, weights, spec.origin)
-        weights_from = Path(weights).as_posix()
-    elif enum is not None:
-        path = cached_enum_file(enum)
+    if weights is not None or enum is not None:
+        path = Path(weights) if weights is not None else cached_enum_file(enum)
         load_weights(model, path, spec.origin)
-        weights_from = path.as_posix()
+        weights_from = f"{path.as_posix()} (sha256 {file_sha256(path)})"
     elif spec.source == "python" or random_init:
         weights_from = "the factory's own" if spec.source == "python" else "random initialisation"
     else:

@@ -10,7 +10,6 @@ appears in the model repository.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ import onnx
 
 from striate.errors import StriateError
 from striate.manifest import Manifest, Preprocessing
+from training.checkpoint import file_sha256
 from training.export.api import NAME_PATTERN
 from training.export.bundle import check_free, next_version, staging
 from training.export.manifest import build_manifest
@@ -77,8 +77,7 @@ def _ancestors(model: onnx.ModelProto, tensor: str) -> set[str]:
 def _source_digest(source) -> tuple[str | None, str | None]:
     if isinstance(source, onnx.ModelProto):
         return None, None
-    data = Path(source).read_bytes()
-    return Path(source).as_posix(), hashlib.sha256(data).hexdigest()
+    return Path(source).as_posix(), file_sha256(source)
 
 
 def import_onnx(
