@@ -81,6 +81,11 @@ class Batcher:
     def queued(self) -> int:
         return self._queued
 
+    @property
+    def idle(self) -> bool:
+        """Nothing running, queued or announced: a request now would run alone, at once."""
+        return not self._running and not self._jobs and self._incoming <= 0
+
     def start(self) -> None:
         self._wakeup = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._collect())
@@ -210,6 +215,7 @@ class Batcher:
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            self._running = []
             batch = self._running = await self._next_batch()
             if not batch:
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import math
 import os
 import re
 import threading
@@ -22,6 +23,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from service_fixtures import REPO, build_bundle, digits_png_bytes, make_settings, run_server
 
+from service.inference import IDLE_DECODE_PIXELS
 from service.metrics import Metrics
 from service.repository import Repository
 from service.settings import Settings
@@ -224,7 +226,8 @@ def test_onnxruntime_threads_from_the_environment(monkeypatch: pytest.MonkeyPatc
 def test_preprocess_threads_from_the_environment(monkeypatch: pytest.MonkeyPatch, one_model: Path) -> None:
     """Large images decode in the pool; STRIATE_PREPROCESS_THREADS=1 means one decoding thread, not four."""
     before = set(threading.enumerate())
-    files = [("f", _png((400, 400), seed=i)) for i in range(6)]
+    side = math.isqrt(IDLE_DECODE_PIXELS // 6) + 1  # together more than even an idle batch worker decodes
+    files = [("f", _gradient_png(side)) for _ in range(6)]
     with _served_from_environment(monkeypatch, one_model, preprocess_threads="1") as url:
         for _ in range(3):
             assert httpx.post(f"{url}/v1/models/tiny/classify", files=files, timeout=60).status_code == 200
@@ -232,11 +235,31 @@ def test_preprocess_threads_from_the_environment(monkeypatch: pytest.MonkeyPatch
     assert len(decoders) == 1
 
 
+def test_a_lone_photo_is_decoded_by_the_idle_batch_worker(monkeypatch: pytest.MonkeyPatch, one_model: Path) -> None:
+    """An idle batcher decodes a photo with its run (no decode thread starts); a broken one is still a 400."""
+    before = set(threading.enumerate())
+    photo = _png((400, 400))
+    assert len(photo) > 64 * 1024  # not a small file: without the idle rule it would go to the decode threads
+    with _served_from_environment(monkeypatch, one_model) as url:
+        for _ in range(3):
+            assert httpx.post(f"{url}/v1/models/tiny/classify", content=photo, headers=PNG).status_code == 200
+        broken = httpx.post(f"{url}/v1/models/tiny/classify", content=photo[: len(photo) // 2], headers=PNG)
+        _error(broken, 400, "invalid_image", "image 0")
+        assert httpx.post(f"{url}/v1/models/tiny/classify", content=photo, headers=PNG).status_code == 200
+        decoders = [t for t in set(threading.enumerate()) - before if t.name.startswith("striate-decode")]
+    assert decoders == []
+
+
+def _gradient_png(side: int) -> bytes:
+    """A side x side PNG of a few kilobytes per megapixel."""
+    buf = io.BytesIO()
+    Image.linear_gradient("L").resize((side, side)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _big_png() -> bytes:
     """36 Mpixel but 50 kB: decoding and shrinking it takes the server 0.1 to 0.3 seconds."""
-    buf = io.BytesIO()
-    Image.linear_gradient("L").resize((6000, 6000)).save(buf, format="PNG")
-    return buf.getvalue()
+    return _gradient_png(6000)
 
 
 BIG_IMAGES = 8  # one decoding thread takes them in turn: the slow request stays announced for a second or more
