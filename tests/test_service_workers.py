@@ -87,13 +87,15 @@ def _two_workers(model_dir: Path, **env: str) -> Iterator[tuple[subprocess.Popen
     environment = {k: v for k, v in os.environ.items() if not k.startswith("STRIATE_")}
     environment |= {"PYTHONPATH": str(REPO), "STRIATE_DEVICE": "cpu"} | env
     cmd = [sys.executable, "-m", "striate.cli", "serve", "--model-dir", str(model_dir), "--port", str(port)]
-    proc = subprocess.Popen([*cmd, "--workers", "2"], env=environment, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*cmd, "--workers", "2"], env=environment, cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         _wait(lambda: _ready(proc, f"http://127.0.0.1:{port}"))
         yield proc, f"http://127.0.0.1:{port}"
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # the workers too: they hold the stderr pipe open
             proc.communicate()
 
 
@@ -104,15 +106,26 @@ def _ready(proc: subprocess.Popen, url: str) -> bool:
         return False
 
 
+def _listeners(port: int) -> int:
+    """Sockets listening on 127.0.0.1:`port` (from /proc/net/tcp: state 0A is LISTEN)."""
+    wanted = f"0100007F:{port:04X}"
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if row.split()[1] == wanted and row.split()[3] == "0A")
+
+
 def test_two_workers_share_the_port_a_dead_one_is_replaced_and_sigterm_stops_all(model_dir):
     with _two_workers(model_dir) as (proc, url):
         first = _workers(proc.pid)
+        port = int(url.rsplit(":", 1)[1])
+        # one socket per worker (SO_REUSEPORT): the kernel spreads connections evenly over them
+        assert _listeners(port) == 2
         assert all(_classify(url) == 200 for _ in range(6))
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
         replaced = _wait(lambda: (w := _workers(proc.pid)) and len(w) == 2 and victim not in w and w)
         assert first - {victim} < replaced
         _wait(lambda: _classify(url) == 200 if _ready(proc, url) else False)
+        assert _listeners(port) == 2  # the replacement took over its predecessor's socket
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr[-3000:]
