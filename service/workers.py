@@ -55,15 +55,19 @@ def serve_one(settings: Settings, sockets: list[socket.socket] | None = None) ->
 
 
 def listening_sockets(host: str, port: int, count: int, backlog: int = 2048) -> list[socket.socket]:
-    """`count` sockets listening on host:port with SO_REUSEPORT (port 0: one free port for all)."""
+    """`count` sockets listening on host:port with SO_REUSEPORT (port 0: one free port for all).
+
+    Only Linux balances connections over such sockets; elsewhere every worker gets the same one."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    balanced = sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")
     sockets: list[socket.socket] = []
     try:
-        for _ in range(count):
+        for _ in range(count if balanced else 1):
             sock = socket.socket(family, socket.SOCK_STREAM)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if balanced:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
             port = sock.getsockname()[1]
             sock.listen(backlog)
@@ -72,7 +76,7 @@ def listening_sockets(host: str, port: int, count: int, backlog: int = 2048) -> 
         for sock in sockets:
             sock.close()
         raise StriateError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return sockets
+    return sockets if balanced else sockets * count
 
 
 def _worker_main(settings: Settings, sockets: list[socket.socket]) -> None:

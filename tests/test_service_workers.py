@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -166,3 +167,16 @@ def test_metrics_count_every_worker_even_those_that_died(model_dir, tmp_path):
     # models wrote some), so a scrape never adds a dead worker's queue to the live ones'
     gauges = [f.name for f in shared.glob("gauge_*.db")]
     assert gauges and not [name for name in gauges for pid in first if name.endswith(f"_{pid}.db")]
+
+
+def test_a_port_in_use_is_one_line_before_any_worker_starts(model_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STRIATE_")} | {"PYTHONPATH": str(REPO)}
+        cmd = [sys.executable, "-m", "striate.cli", "serve", "--model-dir", str(model_dir), "--port", str(port)]
+        done = subprocess.run([*cmd, "--workers", "2"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
+    assert "Traceback" not in done.stderr
