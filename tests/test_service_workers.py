@@ -82,17 +82,22 @@ def _wait(predicate, seconds: float = 90.0):
 
 
 @contextlib.contextmanager
-def _two_workers(model_dir: Path, **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`striate serve --workers 2` in a child process, once both workers answer; killed if left running."""
+def _serve_workers(model_dir: Path, workers: int = 2, **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`striate serve --workers N` in a child process, once every worker answers; killed if left running."""
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("STRIATE_")}
     environment |= {"PYTHONPATH": str(REPO), "STRIATE_DEVICE": "cpu"} | env
     cmd = [sys.executable, "-m", "striate.cli", "serve", "--model-dir", str(model_dir), "--port", str(port)]
     proc = subprocess.Popen(
-        [*cmd, "--workers", "2"], env=environment, cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True
+        [*cmd, "--workers", str(workers)],
+        env=environment,
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
-        _wait(lambda: _ready(proc, f"http://127.0.0.1:{port}"))
+        _wait(lambda: _ready(proc, f"http://127.0.0.1:{port}", workers))
         yield proc, f"http://127.0.0.1:{port}"
     finally:
         if proc.poll() is None:
@@ -100,9 +105,11 @@ def _two_workers(model_dir: Path, **env: str) -> Iterator[tuple[subprocess.Popen
             proc.communicate()
 
 
-def _ready(proc: subprocess.Popen, url: str) -> bool:
+def _ready(proc: subprocess.Popen, url: str, workers: int = 2) -> bool:
+    """Ready, with every worker process up (one worker is the server process itself)."""
+    spawned = workers if workers > 1 else 0
     try:
-        return httpx.get(f"{url}/readyz").status_code == 200 and len(_workers(proc.pid)) == 2
+        return httpx.get(f"{url}/readyz").status_code == 200 and len(_workers(proc.pid)) == spawned
     except httpx.TransportError:
         return False
 
@@ -115,7 +122,7 @@ def _listeners(port: int) -> int:
 
 
 def test_two_workers_share_the_port_a_dead_one_is_replaced_and_sigterm_stops_all(model_dir):
-    with _two_workers(model_dir) as (proc, url):
+    with _serve_workers(model_dir) as (proc, url):
         first = _workers(proc.pid)
         port = int(url.rsplit(":", 1)[1])
         # one socket per worker (SO_REUSEPORT): the kernel spreads connections evenly over them
@@ -147,7 +154,7 @@ def test_metrics_count_every_worker_even_those_that_died(model_dir, tmp_path):
     """Any worker's /metrics reports the whole server: after both first workers are killed, the two
     that replaced them still count the requests the dead ones answered, and drop the dead ones' gauges."""
     shared = tmp_path / "metrics"
-    with _two_workers(model_dir, PROMETHEUS_MULTIPROC_DIR=str(shared)) as (proc, url):
+    with _serve_workers(model_dir, PROMETHEUS_MULTIPROC_DIR=str(shared)) as (proc, url):
         first = _workers(proc.pid)
         assert all(_classify(url) == 200 for _ in range(8))
         for pid in first:
@@ -180,3 +187,16 @@ def test_a_port_in_use_is_one_line_before_any_worker_starts(model_dir):
     assert done.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_single_worker_with_multiprocess_metrics_starts_from_a_clean_directory(model_dir, tmp_path):
+    """PROMETHEUS_MULTIPROC_DIR set by the operator: a restarted server does not count its predecessor's requests."""
+    shared = str(tmp_path / "metrics")
+    counts = []
+    for requests in (3, 1):
+        with _serve_workers(model_dir, workers=1, PROMETHEUS_MULTIPROC_DIR=shared) as (proc, url):
+            assert all(_classify(url) == 200 for _ in range(requests))
+            counts.append(_sample(httpx.get(f"{url}/metrics").text, "striate_requests_total", model="tiny"))
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=60)
+    assert counts == [3, 1]
