@@ -47,9 +47,11 @@ def _decode_inline(uploads: list[Upload]) -> bool:
 
 def _decode_in_worker(uploads: list[Upload], batcher_idle: bool) -> bool:
     """Whether the batch worker decodes `uploads` together with their run (see the constants above)."""
-    if _decode_inline(uploads):
-        return True
-    return batcher_idle and sum(_pixels(u.data) for u in uploads) <= IDLE_DECODE_PIXELS
+    small_file = sum(len(u.data) for u in uploads) <= INLINE_DECODE_BYTES
+    if not (small_file or batcher_idle):
+        return False
+    pixels = sum(_pixels(u.data) for u in uploads)  # one header read per upload
+    return (small_file and pixels <= INLINE_DECODE_PIXELS) or (batcher_idle and pixels <= IDLE_DECODE_PIXELS)
 
 
 @dataclass
