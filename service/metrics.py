@@ -81,25 +81,29 @@ class Metrics:
 
 
 @contextlib.contextmanager
-def shared_between_workers() -> Iterator[Path]:
-    """Multiprocess mode for the worker processes started inside the block (they inherit the
-    environment): PROMETHEUS_MULTIPROC_DIR if the operator set it (emptied of an earlier run's
-    files first, as prometheus_client requires), else a fresh temporary directory, removed after."""
+def multiprocess_metrics(workers: int) -> Iterator[Path | None]:
+    """prometheus_client's multiprocess mode for the processes started inside the block (they inherit
+    the environment): in PROMETHEUS_MULTIPROC_DIR if the operator set it (created, and emptied of an
+    earlier run's files, as prometheus_client requires); else, for several workers, in a fresh
+    temporary directory removed after; else (one worker) not at all: its in-memory registry is whole."""
     given = os.environ.get(MULTIPROCESS_DIR_ENV)
     if given:
         path = Path(given)
         path.mkdir(parents=True, exist_ok=True)
         for stale in path.glob("*.db"):
             stale.unlink()
-    else:
-        path = Path(tempfile.mkdtemp(prefix="striate-metrics-"))
-        os.environ[MULTIPROCESS_DIR_ENV] = str(path)
+        yield path
+        return
+    if workers == 1:
+        yield None
+        return
+    path = Path(tempfile.mkdtemp(prefix="striate-metrics-"))
+    os.environ[MULTIPROCESS_DIR_ENV] = str(path)
     try:
         yield path
     finally:
-        if not given:
-            os.environ.pop(MULTIPROCESS_DIR_ENV, None)
-            shutil.rmtree(path, ignore_errors=True)
+        os.environ.pop(MULTIPROCESS_DIR_ENV, None)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def worker_exited(pid: int) -> None:

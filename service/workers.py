@@ -22,7 +22,7 @@ import sys
 import threading
 from multiprocessing.context import SpawnProcess
 
-from service.metrics import shared_between_workers, worker_exited
+from service.metrics import worker_exited
 from service.settings import Settings
 from striate.errors import StriateError
 
@@ -113,10 +113,7 @@ class WorkerPool:
                 process.terminate()
 
     def run(self) -> int:
-        with shared_between_workers():
-            return self._supervise()
-
-    def _supervise(self) -> int:
+        """Serve until a signal; run inside `service.metrics.multiprocess_metrics` (see `striate serve`)."""
         self._sockets = listening_sockets(self.settings.host, self.settings.port, self.size)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from service.metrics import MULTIPROCESS_DIR_ENV, shared_between_workers
+    from service.metrics import multiprocess_metrics
     from service.parallelism import plan
     from service.runtime import providers_for
     from service.settings import Settings
@@ -67,9 +67,5 @@ def run(args: argparse.Namespace) -> int:
     chosen = plan(settings)
     logging.getLogger("striate.service").info("serving with %s", chosen.describe())
     settings = settings.model_copy(update={"workers": chosen.workers, "intra_op_threads": chosen.intra_op_threads})
-    if chosen.workers > 1:
-        return WorkerPool(settings, chosen.workers).run()
-    if os.environ.get(MULTIPROCESS_DIR_ENV):  # the operator chose multiprocess metrics: start from a clean directory
-        with shared_between_workers():
-            return serve_one(settings)
-    return serve_one(settings)
+    with multiprocess_metrics(chosen.workers):
+        return serve_one(settings) if chosen.workers == 1 else WorkerPool(settings, chosen.workers).run()
