@@ -4,9 +4,10 @@
 # them (both polarities, paper and noise, a third of the frame to all of it, off-centre, rotated,
 # thin or thick; see training/data/handwriting.py), deterministically (fixed seeds), then copy its
 # best checkpoint to checkpoints/digits_default.pt, evaluate it on the test split, and measure it on
-# the separately generated held-out pages once exported (scripts/export_default.sh). About 50 minutes on one
-# CPU core. Extra arguments pass through to `striate train` (e.g. --device cuda). Export it
-# afterwards with scripts/export_default.sh.
+# the separately generated held-out pages. This one command remakes the default: it ends by running
+# scripts/export_default.sh (the bundle exported/digits/1, then the held-out measurement); set
+# EXPORT=0 to stop at the checkpoint. About 50 minutes on one CPU core. Extra arguments pass
+# through to `striate train` (e.g. --device cuda).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -30,3 +31,6 @@ for f in history.json metrics.json curves.png confusion.png report.html; do
 done
 "$VENV/bin/striate" evaluate checkpoints/digits_default.pt --no-progress
 ls -l checkpoints/digits_default.pt
+if [ "${EXPORT:-1}" != 0 ]; then
+  VENV="$VENV" scripts/export_default.sh
+fi
