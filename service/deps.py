@@ -10,7 +10,8 @@ import hmac
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPBearer
 
 from service.errors import Unauthorized
 from service.images import Upload, read_uploads
@@ -59,7 +60,13 @@ async def get_uploads(request: Request, settings: SettingsDep) -> list[Upload]:
 UploadsDep = Annotated[list[Upload], Depends(get_uploads)]
 
 
-async def require_api_key(request: Request, settings: SettingsDep) -> None:
+# Declared for the OpenAPI document only (/docs offers Authorize, "Try it out" sends the key);
+# `check_api_key` reads the headers itself. `install_openapi` drops them when no key is set.
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="ApiKey")
+_bearer = HTTPBearer(auto_error=False, scheme_name="Bearer")
+
+
+async def check_api_key(request: Request, settings: Settings) -> None:
     """With `STRIATE_API_KEY` set: `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
     if not settings.api_key:
         return
@@ -72,6 +79,15 @@ async def require_api_key(request: Request, settings: SettingsDep) -> None:
             "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+async def require_api_key(
+    request: Request,
+    settings: SettingsDep,
+    _header: Annotated[str | None, Security(_api_key_header)],
+    _token: Annotated[object, Security(_bearer)],
+) -> None:
+    await check_api_key(request, settings)
 
 
 ApiKey = Depends(require_api_key)

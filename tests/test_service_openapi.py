@@ -73,6 +73,35 @@ def test_live_server_survives_the_errors_it_documents(server):
         assert r.status_code == status and set(r.json()["error"]) == {"code", "message"}, (status, r.text)
 
 
+def test_the_api_key_is_documented_only_when_the_server_needs_one(server, model_dir):
+    """With STRIATE_API_KEY set, every route that answers 401 without the key declares the key's
+    schemes (so /docs offers Authorize) and each declared scheme is accepted; without it, none."""
+    open_spec = httpx.get(f"{server}/openapi.json").json()
+    assert "securitySchemes" not in open_spec.get("components", {})
+    assert not [p for p, ops in open_spec["paths"].items() for op in ops.values() if "security" in op]
+
+    with run_server(make_settings(model_dir, api_key="s3cret")) as url:
+        spec = httpx.get(f"{url}/openapi.json").json()
+        schemes = spec["components"]["securitySchemes"]
+        assert schemes == {
+            "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            "Bearer": {"type": "http", "scheme": "bearer"},
+        }
+        secured = {p for p, ops in spec["paths"].items() for op in ops.values() if "security" in op}
+        for path, operations in spec["paths"].items():
+            if "get" not in operations or "{" in path:
+                continue
+            answer = httpx.get(f"{url}{path}")
+            assert (answer.status_code == 401) == (path in secured), (path, answer.status_code)
+            if path in secured:
+                assert operations["get"]["security"] == [{"ApiKey": []}, {"Bearer": []}]
+                assert httpx.get(f"{url}{path}", headers={"X-API-Key": "s3cret"}).status_code == 200
+                bearer = {"Authorization": "Bearer s3cret"}
+                assert httpx.get(f"{url}{path}", headers=bearer).status_code == 200
+        assert {"/v1/models", "/metrics", "/v1/models/{name}/classify"} <= secured
+        assert not {"/healthz", "/v2/health/live"} & secured
+
+
 @pytest.mark.slow
 def test_schemathesis_finds_nothing(model_dir, tmp_path):
     cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from service.deps import ApiKey, InferenceDep, ModelDep, UploadsDep, require_api_key
+from service.deps import ApiKey, InferenceDep, ModelDep, UploadsDep, check_api_key
 from service.images import read_uploads
 from service.routes.common import DirectRoute, QueryParam, model_post, serves
 from service.schemas import ClassifyResponse, FastJSONResponse
@@ -32,7 +32,7 @@ async def classify_direct(request: Request) -> FastJSONResponse:
     """`classify`, with its dependencies done in their order: key, model (leased), body, `top_k`."""
     state = request.app.state
     settings = state.settings
-    await require_api_key(request, settings)
+    await check_api_key(request, settings)
     params = request.path_params
     with state.repository.get(params["name"], params.get("version")).lease() as model:
         uploads = await read_uploads(request, settings)

@@ -133,6 +133,11 @@ def install_openapi(app: FastAPI) -> None:
             schemas.setdefault("ErrorBody", ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}"))
             for name in ("HTTPValidationError", "ValidationError"):
                 schemas.pop(name, None)
+            if not app.state.settings.api_key:  # the routes are open: no scheme is needed
+                spec.get("components", {}).pop("securitySchemes", None)
+                for operations in spec.get("paths", {}).values():
+                    for operation in operations.values():
+                        operation.pop("security", None)
             app.openapi_schema = spec
         return app.openapi_schema
 
