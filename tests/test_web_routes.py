@@ -50,3 +50,18 @@ def test_the_page_routes_stay_out_of_the_api_description(keyed_server) -> None:
     paths = httpx.get(keyed_server + "/openapi.json").json()["paths"]
     assert not {"/", "/docs", "/redoc", "/favicon.ico"} & set(paths)
     assert "/v1/models/{name}/classify" in paths
+
+
+@pytest.mark.parametrize("path", ["/", "/favicon.ico", "/docs", "/redoc", "/static/js/app.js"])
+def test_the_page_routes_answer_head_like_get(keyed_server, path) -> None:
+    head, get = httpx.head(keyed_server + path), httpx.get(keyed_server + path)
+    assert head.status_code == get.status_code == 200
+    assert head.headers["content-type"] == get.headers["content-type"] and head.content == b""
+
+
+def test_redocs_script_is_served_without_its_cdn_logo(keyed_server) -> None:
+    html = httpx.get(keyed_server + "/redoc").text
+    (script,) = [a for a in re.findall(r'src="([^"]+)"', html) if "redoc" in a]
+    body = httpx.get(keyed_server + script).text
+    assert "cdn.redoc.ly" not in body and "data:image/svg+xml" in body
+
