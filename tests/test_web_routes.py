@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -65,3 +69,22 @@ def test_redocs_script_is_served_without_its_cdn_logo(keyed_server) -> None:
     body = httpx.get(keyed_server + script).text
     assert "cdn.redoc.ly" not in body and "data:image/svg+xml" in body
 
+
+def test_a_required_browser_that_is_missing_fails_the_tests_instead_of_skipping(tmp_path) -> None:
+    tests = Path(__file__).resolve().parent
+    (tmp_path / "test_needs_browser.py").write_text("def test_it(browser):\n    pass\n")
+    (tmp_path / "conftest.py").write_text("from web_browser import browser  # noqa: F401\n")
+    env = os.environ | {"PYTHONPATH": str(tests), "STRIATE_CHROMIUM": str(tmp_path / "no-chromium")}
+
+    def run(require: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+            env=env | {"STRIATE_REQUIRE_BROWSER": require},
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+
+    skipped, required = run("0"), run("1")
+    assert skipped.returncode == 0 and "1 skipped" in skipped.stdout, skipped.stdout
+    assert required.returncode == 1 and "STRIATE_REQUIRE_BROWSER=1" in required.stdout, required.stdout

@@ -2,6 +2,8 @@
 
 scripts/test.sh installs the browser with apt when it is missing. The flags keep Chromium from
 reaching for the network on its own (updates, sync, QUIC), which a closed network refuses.
+Without a browser the tests are skipped, unless STRIATE_REQUIRE_BROWSER=1 (CI sets it): then they fail,
+so a run that could not start Chromium never passes as if the page had been tested.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts" / "web"
 CHROMIUM = os.environ.get("STRIATE_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
+REQUIRE_BROWSER = "STRIATE_REQUIRE_BROWSER"
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -54,11 +57,21 @@ class PageWatch:
         page.route("**/*", only_loopback)
 
 
+def no_browser(why: str) -> None:
+    """Skip the browser tests, or fail them where a browser is required."""
+    if os.environ.get(REQUIRE_BROWSER) == "1":
+        pytest.fail(f"{why} ({REQUIRE_BROWSER}=1: the browser tests must run here)", pytrace=False)
+    pytest.skip(why)
+
+
 @pytest.fixture(scope="session")
 def browser() -> Iterator:
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"Chromium not found at {CHROMIUM}: scripts/test.sh installs Debian's chromium package")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
+        no_browser(f"Chromium not found at {CHROMIUM}: scripts/test.sh installs Debian's chromium package")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        no_browser("playwright is not installed: it is in the dev extra")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
         try:
@@ -106,6 +119,7 @@ def image_pixels(page, selector: str) -> np.ndarray:
 
 def draw_strokes(page, selector: str, strokes: list[list[tuple[float, float]]]) -> None:
     """Draw with the mouse: each stroke is points in [0, 1] of the element's box, pressed then released."""
+    page.locator(selector).scroll_into_view_if_needed()
     box = page.locator(selector).bounding_box()
     assert box is not None
     for stroke in strokes:
