@@ -81,8 +81,19 @@ def explain_info(model: LoadedModel, settings: Settings) -> dict:
         parity = ex.method_parity(name) if ex is not None else None
         info = METHODS[name]
         methods.append(
-            {"name": name, "title": info.title, "kind": info.kind, "parity": parity.max_abs_diff if parity else None}
+            {
+                "name": name,
+                "title": info.title,
+                "kind": info.kind,
+                "per_class": info.per_class,
+                "parity": parity.max_abs_diff if parity else None,
+            }
         )
+    unavailable = [
+        {"name": name, "title": info.title, "kind": info.kind, "why": unavailable_reason(model, name)}
+        for name, info in METHODS.items()
+        if name not in available_methods(model)
+    ]
     target_layer = ex.target_layer if ex is not None else (layer.name if layer else None)
     default = DEFAULT_METHOD if DEFAULT_METHOD in gradient_methods(model) else "occlusion"
     cam_shape = (
@@ -93,6 +104,7 @@ def explain_info(model: LoadedModel, settings: Settings) -> dict:
         "cam_shape": cam_shape,
         "default_method": default,
         "methods": methods,
+        "unavailable": unavailable,
         "scores": list(SCORES),
         "max_targets": settings.max_explain_targets,
         "max_passes": settings.max_explain_passes,
@@ -107,19 +119,23 @@ def resolve_method(model: LoadedModel, method: str | None, settings: Settings) -
     if name is None:
         raise Unprocessable(f"unknown explanation method {method!r}; supported: {', '.join(METHODS)}")
     if name not in available:
-        if METHODS[name].kind == "gradient":
-            why = (
-                "its bundle has no gradient graph (explain.onnx)"
-                if not gradient_methods(model)
-                else "its explain graph does not compute it (re-export the bundle)"
-            )
-        else:
-            why = "it needs a feature map and the bundle exports none"
         raise Unprocessable(
-            f"method {name!r} is not available for {model.name}/{model.version}: {why}; "
-            f"available: {', '.join(available)}"
+            f"method {name!r} is not available for {model.name}/{model.version}: "
+            f"{unavailable_reason(model, name)}; available: {', '.join(available)}"
         )
     return name
+
+
+def unavailable_reason(model: LoadedModel, name: str) -> str:
+    """Why the bundle cannot run method `name` (one that `available_methods` leaves out)."""
+    if METHODS[name].kind != "gradient":
+        return "it needs a feature map and the bundle exports none"
+    if gradient_methods(model):
+        return "its explain graph does not compute it (re-export the bundle)"
+    ex = model.manifest.explain
+    if ex is not None and ex.no_gradients:
+        return f"the bundle has no gradient graph (explain.onnx): {ex.no_gradients}"
+    return "the bundle has no gradient graph (explain.onnx)"
 
 
 def resolve_class(model: LoadedModel, target: str) -> int:

@@ -97,7 +97,17 @@ class MethodInfo(BaseModel):
     name: str
     title: str
     kind: str = Field(description="gradient (explain graph) | forward (forward passes only)")
+    per_class: bool = Field(
+        True, description="false: one map whatever class is asked (Eigen-CAM: the first principal component)"
+    )
     parity: float | None = Field(None, description="max abs difference to pytorch-grad-cam at export")
+
+
+class UnavailableMethod(BaseModel):
+    name: str
+    title: str
+    kind: str
+    why: str = Field(description="why this bundle cannot run it")
 
 
 class ExplainInfo(BaseModel):
@@ -105,6 +115,7 @@ class ExplainInfo(BaseModel):
     cam_shape: list[int] | None = Field(description="(h, w) of the target layer's maps (gradient methods)")
     default_method: str
     methods: list[MethodInfo]
+    unavailable: list[UnavailableMethod] = Field(description="the registered methods this bundle cannot run, and why")
     scores: list[str]
     max_targets: int
     max_passes: int

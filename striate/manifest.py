@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -121,6 +121,7 @@ class ExplainSpec(_Strict):
     """
 
     graph: str | None = None  # file name inside the bundle, e.g. "explain.onnx"; None: no gradient graph
+    no_gradients: str | None = None  # without a graph: why (e.g. the head op that has no backward rule)
     target_layer: str
     map_output: str | None = None
     targets_input: str = "targets"
@@ -276,9 +277,11 @@ class Manifest(_Strict):
         return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
 
     def dump(self, bundle_dir: str | Path) -> Path:
-        """Write manifest.json; a bundle without training figures leaves both fields out, so services
-        older than the figures read it too."""
+        """Write manifest.json; fields a bundle does not use (training figures, the reason it has no
+        gradient graph) are left out, so services older than those fields read it too."""
         path = Path(bundle_dir) / MANIFEST_FILE
-        absent = {name for name in ("figures", "report") if not getattr(self, name)}
+        absent: dict[str, Any] = {name: True for name in ("figures", "report") if not getattr(self, name)}
+        if self.explain is not None and self.explain.no_gradients is None:
+            absent["explain"] = {"no_gradients"}
         path.write_text(self.model_dump_json(indent=2, exclude=absent) + "\n", encoding="utf-8")
         return path

@@ -27,6 +27,7 @@ from torch import nn
 
 from striate.cli import main as cli
 from striate.errors import StriateError
+from striate.explain.methods import GRADIENT_METHODS
 from striate.manifest import Manifest, Preprocessing
 from striate.preprocess import preprocess
 from training.byom import export_classifier
@@ -339,6 +340,12 @@ def test_head_that_cannot_be_differentiated_exports_gradient_free(tmp_path):
         assert c.post("/v1/models/cumsum/explain?method=scorecam", content=data, headers=PNG).status_code == 200
         r = c.post("/v1/models/cumsum/explain?method=gradcam", content=data, headers=PNG)
         assert r.status_code == 422 and "no gradient graph" in r.json()["error"]["message"]
+        assert "cannot differentiate CumSum node" in r.json()["error"]["message"]
+        explain = c.get("/v1/models/cumsum").json()["explain"]
+        assert [m["name"] for m in explain["unavailable"]] == list(GRADIENT_METHODS)
+        assert all("cannot differentiate CumSum node" in m["why"] for m in explain["unavailable"])
+        assert {m["name"]: m["per_class"] for m in explain["methods"]}["eigencam"] is False
+    assert "cannot differentiate CumSum node" in (manifest.explain.no_gradients or "")
     with pytest.raises(StriateError, match="CumSum"):
         export_classifier(module, list("abcd"), SMALL, "cumsum", out_root=tmp_path, require_gradients=True)
 

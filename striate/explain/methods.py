@@ -24,6 +24,7 @@ class MethodInfo:
     kind: Kind
     needs_map: bool  # needs the target layer's feature map
     package_class: str | None  # the pytorch-grad-cam class it is checked against, if any
+    per_class: bool = True  # False: one map whatever class is asked (Eigen-CAM: the maps' first component)
 
 
 METHODS: dict[str, MethodInfo] = {
@@ -34,7 +35,7 @@ METHODS: dict[str, MethodInfo] = {
         MethodInfo("xgradcam", "XGrad-CAM", "gradient", True, "XGradCAM"),
         MethodInfo("hirescam", "HiResCAM", "gradient", True, "HiResCAM"),
         MethodInfo("layercam", "LayerCAM", "gradient", True, "LayerCAM"),
-        MethodInfo("eigencam", "Eigen-CAM", "forward", True, "EigenCAM"),
+        MethodInfo("eigencam", "Eigen-CAM", "forward", True, "EigenCAM", per_class=False),
         MethodInfo("scorecam", "Score-CAM", "forward", True, "ScoreCAM"),
         MethodInfo("occlusion", "Occlusion", "forward", False, None),
         MethodInfo("rise", "RISE", "forward", False, None),

@@ -171,7 +171,7 @@ def _report(path) -> None:
         )
     explain = manifest.explain
     if explain is not None:
-        methods = ", ".join(explain.gradient_methods) or "none (gradient-free methods only)"
+        methods = ", ".join(explain.gradient_methods) or f"none (gradient-free methods only: {explain.no_gradients})"
         print(f"explains layer {explain.target_layer!r}; gradient methods: {methods}")
     if "accuracy_int8" in manifest.metrics:
         m = manifest.metrics

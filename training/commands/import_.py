@@ -162,6 +162,5 @@ def run(args: argparse.Namespace) -> int:
     if ex is not None and ex.gradient_methods:
         print(f"explain: {', '.join(ex.gradient_methods)} on {ex.target_layer!r}, plus gradient-free methods")
     else:
-        note = next((o.description for o in manifest.outputs if ex is not None and o.name == ex.map_output), "")
-        print(f"explain: gradient-free methods only ({note.split('; ')[-1] if note else 'no map'})")
+        print(f"explain: gradient-free methods only ({ex.no_gradients if ex is not None else 'no map'})")
     return 0

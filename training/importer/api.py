@@ -132,14 +132,14 @@ def import_onnx(
         raise StriateError("the graph has no [N, C, h, w] float tensor to explain or to serve as features")
 
     head: HeadFunction | None = None
-    no_gradient_reason = "no target tensor named: gradient-free methods only"
+    no_gradient_reason = "no target tensor was named at import"
     if target_tensor is not None:
         try:
             head = build_head(prepared.model, values, target_tensor, prepared.scores)
         except NotDifferentiable as exc:
             if require_gradients:
                 raise
-            no_gradient_reason = f"gradient-free methods only: {exc}"
+            no_gradient_reason = str(exc)
 
     taken: set[str] = set()
     layers = []
@@ -211,11 +211,11 @@ def _describe(manifest: Manifest, layers: list[Layer], notes, has_graph: bool, r
         if spec.name == manifest.logits_output and notes:
             text = f"{text}; import: {'; '.join(notes)}"
         if spec.name == map_name(layers[-1].name) and not has_graph:
-            text = f"{text}; {reason}"
+            text = f"{text}; gradient-free methods only: {reason}"
         outputs.append(spec.model_copy(update={"description": text}))
     explain = manifest.explain
     if not has_graph and explain is not None:
-        explain = explain.model_copy(update={"graph": None, "cam_outputs": {}, "parity": ()})
+        explain = explain.model_copy(update={"graph": None, "cam_outputs": {}, "parity": (), "no_gradients": reason})
     updated = manifest.model_copy(update={"outputs": tuple(outputs), "explain": explain})
     return Manifest.model_validate(updated.model_dump())
 
