@@ -26,6 +26,10 @@ REDOC_CREDIT_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 SEVEN = [[(0.22, 0.2), (0.78, 0.2), (0.45, 0.85)]]
 # A "4": the open diagonal and crossbar, then the upright.
 FOUR = [[(0.58, 0.12), (0.2, 0.62), (0.82, 0.62)], [(0.6, 0.35), (0.6, 0.9)]]
+# The elements that stick out past the right edge of the window, for a failing width check.
+WIDER_THAN_THE_SCREEN = """() => [...document.querySelectorAll("body *")]
+    .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 0.5)
+    .map((e) => `${e.tagName.toLowerCase()}#${e.id}.${e.className} ends at ${Math.round(e.getBoundingClientRect().right)}`)"""
 
 
 @pytest.fixture(scope="module")
@@ -280,4 +284,25 @@ def test_a_file_that_is_not_an_image_gets_the_services_message_not_a_stale_answe
     assert not page.locator("#overlay").is_visible() and not page.locator("#activations").is_visible()
     # The browser reports the refused request itself; nothing else may go wrong.
     assert [e for e in watch.console_errors if "status of 400" not in e] == []
+    page.close()
+
+
+@pytest.mark.parametrize("viewport", [(375, 667), (360, 740), (320, 568)])
+def test_the_page_fits_a_phone_and_its_scaled_pad_still_reads_a_digit(browser, site, viewport):
+    page, watch = open_page(browser, site, viewport=viewport)
+    pick_sample(page, "digit-3-dark-on-light.png")
+    page.locator("#model-card").scroll_into_view_if_needed()
+    if page.locator("#report").count():
+        page.click("#report summary")
+    fits = "document.documentElement.scrollWidth <= window.innerWidth"
+    screenshot(page, f"page-phone-{viewport[0]}.png")
+    assert page.evaluate(fits), page.evaluate(WIDER_THAN_THE_SCREEN)
+    page.click("#tab-draw")
+    pad = page.locator("#pad").bounding_box()
+    assert pad["width"] <= viewport[0] - 40 and abs(pad["width"] - pad["height"]) < 1  # shrunk, still square
+    draw_strokes(page, "#pad", SEVEN)
+    page.wait_for_function("document.getElementById('top1')?.textContent === '7'")
+    settle(page)
+    assert page.evaluate(fits)
+    assert watch.console_errors == []
     page.close()
