@@ -158,8 +158,11 @@ def exported(tmp_path_factory, factory_package):
     user = seeded(UserNet, 4)
     out["user"] = (export_classifier(user, ["a", "b", "c", "d"], SMALL, "user", out_root=root), user)
 
+    # As the README writes it: one --mean/--std value for every channel, labels as a JSON list.
+    (work / "three.json").write_text(json.dumps(["zero", "one", "two"]))
     args = ["export", "user_models:build", "--name", "factory", "--out", str(root), "--size", "24", "--kwargs"]
-    assert cli([*args, '{"classes": 3, "seed": 5}', "--labels", str(write_labels(work / "three.txt", 3))]) == 0
+    args += ['{"classes": 3, "seed": 5}', "--labels", str(work / "three.json"), "--mean", "0.5", "--std", "0.25"]
+    assert cli(args) == 0
     import user_models
 
     out["factory"] = (root / "factory" / "1", user_models.build(3, 5).eval())
@@ -262,6 +265,9 @@ def test_metadata_says_where_weights_labels_and_preprocessing_came_from(exported
     timmnet = Manifest.load(exported[1]["timmnet"][0])
     assert timmnet.labels[:2] == ("tench", "goldfish") and len(timmnet.labels) == 1000
     assert timmnet.preprocessing.interpolation == "bicubic"  # resnet10t's pretrained_cfg
+    factory = Manifest.load(exported[1]["factory"][0])
+    assert factory.labels == ("zero", "one", "two")
+    assert factory.preprocessing.mean == (0.5,) * 3 and factory.preprocessing.std == (0.25,) * 3
 
 
 def test_torchvision_enum_gives_labels_and_transforms_with_a_local_file(tmp_path, capsys):

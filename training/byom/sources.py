@@ -24,23 +24,42 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
 def read_labels(path: str | os.PathLike) -> list[str]:
-    """Class names from a text file (one per line, blank lines skipped) or a JSON list."""
+    """Class names in logit order: a JSON list of strings, or a text file with one per line.
+
+    Trailing blank lines are ignored; a blank line between labels is refused, since skipping it
+    would shift every label after it onto the wrong logit."""
     path = Path(path)
     if not path.is_file():
         raise StriateError(f"labels file not found: {path}")
     text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
+    if path.suffix == ".json" or _json_list(text):
         try:
             labels = json.loads(text)
         except json.JSONDecodeError as exc:
             raise StriateError(f"labels file {path} is not valid JSON: {exc}") from None
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            raise StriateError(f"labels file {path} must hold a JSON list of strings")
+        if not isinstance(labels, list) or not all(isinstance(x, str) and x.strip() for x in labels):
+            raise StriateError(f"labels file {path} must hold a JSON list of non-empty strings")
+        labels = [x.strip() for x in labels]
     else:
-        labels = [line.strip() for line in text.splitlines() if line.strip()]
+        labels = [line.strip() for line in text.splitlines()]
+        while labels and not labels[-1]:
+            labels.pop()
+        if "" in labels:
+            line = labels.index("") + 1
+            raise StriateError(f"labels file {path}: line {line} is blank (one label per line, in logit order)")
     if not labels:
         raise StriateError(f"labels file {path} holds no labels")
     return labels
+
+
+def _json_list(text: str) -> bool:
+    """A text file that holds a JSON list (a label such as "[unused]" on the first line does not)."""
+    if not text.lstrip().startswith("["):
+        return False
+    try:
+        return isinstance(json.loads(text), list)
+    except json.JSONDecodeError:
+        return False
 
 
 def enum_labels(enum: Any) -> list[str]:
@@ -125,8 +144,12 @@ def with_overrides(
     if size is not None:
         crop = _pair(size, "size")
         if base is not None and resize is None:
-            ratio = base.resize_size[0] / base.crop_size[0]
-            fields["resize_size"] = (round(min(crop) * ratio),) * 2 if base.resize_mode == "shorter" else crop
+            if base.resize_mode == "shorter":
+                fields["resize_size"] = (round(min(crop) * base.resize_size[0] / base.crop_size[0]),) * 2
+            else:  # exact: each side keeps its resize/crop ratio
+                fields["resize_size"] = tuple(
+                    round(c * r / b) for c, r, b in zip(crop, base.resize_size, base.crop_size, strict=True)
+                )
         else:
             fields["resize_size"] = crop
         fields["crop_size"] = crop
@@ -138,9 +161,9 @@ def with_overrides(
     channels = 1 if fields["color_mode"] == "L" else 3
     fields["mean"], fields["std"] = _fit(fields["mean"], channels), _fit(fields["std"], channels)
     if mean is not None:
-        fields["mean"] = tuple(float(m) for m in mean)
+        fields["mean"] = per_channel(mean, channels, "mean")
     if std is not None:
-        fields["std"] = tuple(float(s) for s in std)
+        fields["std"] = per_channel(std, channels, "std")
     if interpolation is not None:
         fields["interpolation"] = interpolation
     try:
@@ -154,6 +177,16 @@ def _fit(values: Sequence[float], channels: int) -> tuple[float, ...]:
     if len(values) == channels:
         return tuple(values)
     return (sum(values) / len(values),) * channels
+
+
+def per_channel(values: Sequence[float], channels: int, flag: str) -> tuple[float, ...]:
+    """A statistic given on the command line: one value for every channel, or one per channel."""
+    values = [float(v) for v in values]
+    if len(values) == 1:
+        return (values[0],) * channels
+    if len(values) != channels:
+        raise StriateError(f"--{flag} takes 1 or {channels} values for {channels}-channel images, got {len(values)}")
+    return tuple(values)
 
 
 def _pair(values: Sequence[int], what: str) -> tuple[int, int]:

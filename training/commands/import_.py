@@ -1,4 +1,4 @@
-"""`striate import MODEL.onnx --name NAME --labels labels.txt ...`: serve and explain a foreign ONNX classifier."""
+"""`striate import MODEL.onnx --labels labels.txt [--name NAME] ...`: serve and explain a foreign ONNX classifier."""
 
 from __future__ import annotations
 
@@ -11,11 +11,16 @@ AUTO = "auto"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="an ONNX image classifier (one 4-D float input, NCHW or NHWC)")
-    parser.add_argument("--name", help="model name in the repository (lower-case, e.g. resnet18)")
-    parser.add_argument("--labels", help="text file with one class label per line, in logit order")
+    parser.add_argument("--name", help="model name in the repository (default: from the file name, e.g. resnet18)")
+    parser.add_argument("--labels", help="class labels in logit order: a text file (one per line) or a JSON list")
     parser.add_argument("--version", type=int, default=None, help="version to write (default: highest + 1)")
     parser.add_argument("--out", default="exported", help="model repository root (default: exported)")
     group = parser.add_argument_group("preprocessing (what the service does to an image before the graph)")
+    group.add_argument(
+        "--preprocessing",
+        help="a JSON object of preprocessing fields (as in a bundle's manifest), inline or a file; a bundle's "
+        "manifest.json takes its preprocessing; the flags below override single fields",
+    )
     group.add_argument("--preset", choices=PRESETS, help="imagenet: RGB, ImageNet mean/std, resize 256/224 of --size")
     group.add_argument("--size", help="input size H or HxW (default: the graph's fixed input size)")
     group.add_argument("--resize", help="resize before the centre crop: N (shorter side) or HxW (exact)")
@@ -41,79 +46,99 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list-tensors", action="store_true", help="list the candidate target tensors and exit")
 
 
-def _pair(text: str, flag: str) -> tuple[int, int]:
+def _sizes(text: str, flag: str) -> list[int]:
+    """`N` or `HxW` as [N] or [H, W]."""
     from striate.errors import StriateError
 
-    parts = text.lower().split("x")
     try:
-        values = [int(p) for p in parts]
+        values = [int(p) for p in text.lower().split("x")]
     except ValueError:
         raise StriateError(f"{flag} must be N or HxW, got {text!r}") from None
     if len(values) not in (1, 2) or min(values) < 1:
         raise StriateError(f"{flag} must be N or HxW with positive sizes, got {text!r}")
-    return (values[0], values[-1])
+    return values
 
 
-def preprocessing_from(args: argparse.Namespace, graph_size: tuple, graph_channels) -> object:
-    """The manifest's Preprocessing from the flags, the preset and the graph's fixed sizes."""
+def read_preprocessing(text: str) -> object:
+    """--preprocessing: a JSON object (inline or a file) of Preprocessing fields, or a whole manifest."""
+    import json
+
     from pydantic import ValidationError
 
     from striate.errors import StriateError
     from striate.manifest import Preprocessing
-    from striate.normalization import IMAGENET_MEAN, IMAGENET_STD
-    from striate.preprocess import IMAGENET_RESIZE_RATIO
 
-    if args.size:
-        size = _pair(args.size, "--size")
-    elif all(isinstance(d, int) for d in graph_size):
-        size = tuple(graph_size)
-    else:
-        raise StriateError("the graph's input size is dynamic: give --size H or HxW")
-    color = args.color_mode or ("L" if graph_channels == 1 else "RGB")
-    mean, std = args.mean, args.std
-    resize_mode, resize = "exact", size
-    if args.preset == "imagenet":
-        mean, std = mean or list(IMAGENET_MEAN), std or list(IMAGENET_STD)
-        side = round(min(size) * IMAGENET_RESIZE_RATIO)
-        resize_mode, resize = "shorter", (side, side)
-    if mean is None or std is None:
-        raise StriateError("say how inputs are normalised: --preset imagenet, or --mean and --std (0 and 1: [0, 1])")
-    channels = 1 if color == "L" else 3
-    mean, std = (list(v) * channels if len(v) == 1 else list(v) for v in (mean, std))
-    if args.resize:
-        resize = _pair(args.resize, "--resize")
-        resize_mode = "exact" if "x" in args.resize.lower() else "shorter"
+    path = Path(text)
     try:
-        return Preprocessing(
-            color_mode=color,
-            resize_mode=resize_mode,
-            resize_size=resize,
-            crop_size=size,
-            interpolation=args.interpolation or "bilinear",
-            mean=tuple(mean),
-            std=tuple(std),
-        )
-    except ValidationError as exc:
-        raise StriateError(f"bad preprocessing: {exc.errors()[0]['msg']}") from None
+        data = json.loads(path.read_text(encoding="utf-8") if path.is_file() else text)
+    except json.JSONDecodeError as exc:
+        where = path if path.is_file() else "--preprocessing"
+        raise StriateError(f"{where} is neither a JSON object nor a file holding one: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("preprocessing"), dict):
+        data = data["preprocessing"]  # a bundle's manifest.json
+    if not isinstance(data, dict):
+        raise StriateError("--preprocessing must be a JSON object of preprocessing fields")
+    try:
+        return Preprocessing(**data)
+    except (ValidationError, TypeError) as exc:
+        why = exc.errors()[0] if isinstance(exc, ValidationError) else {"msg": str(exc), "loc": ()}
+        raise StriateError(f"bad --preprocessing: {'.'.join(map(str, why['loc']))} {why['msg']}".strip()) from None
 
 
-def read_labels(path: str) -> list[str]:
+def preprocessing_from(args: argparse.Namespace, graph_size: tuple, graph_channels) -> object:
+    """The manifest's Preprocessing: --preprocessing or --preset as the base, each flag overriding
+    one field; without a base the size defaults to the graph's fixed size and the normalisation
+    must be given (a foreign graph's is unknown)."""
     from striate.errors import StriateError
+    from striate.preprocess import imagenet_preprocessing
+    from training.byom.sources import with_overrides
 
-    file = Path(path)
-    if not file.is_file():
-        raise StriateError(f"no labels file {path}")
-    labels = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
-    while labels and not labels[-1]:
-        labels.pop()
-    if not labels or any(not label for label in labels):
-        raise StriateError(f"{path}: one non-empty label per line, in logit order")
-    return labels
+    base = read_preprocessing(args.preprocessing) if args.preprocessing else None
+    size = _sizes(args.size, "--size") if args.size else None
+    if size is None and base is None:
+        if not all(isinstance(d, int) for d in graph_size):
+            raise StriateError("the graph's input size is dynamic: give --size H or HxW")
+        size = list(graph_size)
+    if args.preset == "imagenet":
+        crop = size or list(base.crop_size)
+        preset = imagenet_preprocessing(min(crop))
+        base = preset.model_copy(update={"interpolation": base.interpolation}) if base is not None else preset
+        size = crop
+    elif base is None and (args.mean is None or args.std is None):
+        raise StriateError(
+            "say how inputs are normalised: --preset imagenet, --preprocessing, or --mean and --std (0 and 1: [0, 1])"
+        )
+    color = args.color_mode or (None if base is not None else ("L" if graph_channels == 1 else "RGB"))
+    preprocessing = with_overrides(
+        base,
+        size=size,
+        resize=_sizes(args.resize, "--resize") if args.resize else None,
+        mean=args.mean,
+        std=args.std,
+        interpolation=args.interpolation,
+        color_mode=color,
+    )
+    channels = 1 if preprocessing.color_mode == "L" else 3
+    if isinstance(graph_channels, int) and graph_channels != channels:
+        raise StriateError(
+            f"the graph takes {graph_channels}-channel images, but color mode {preprocessing.color_mode} "
+            f"gives {channels}: use --color-mode {'L' if graph_channels == 1 else 'RGB'}"
+        )
+    return preprocessing
+
+
+def default_name(model_path: str) -> str:
+    """A model name from the file name: `ResNet-50_v2.onnx` -> `resnet-50_v2`."""
+    import re
+
+    name = re.sub(r"[^a-z0-9_.-]+", "-", Path(model_path).stem.lower()).strip("-._")
+    return name or "model"
 
 
 def run(args: argparse.Namespace) -> int:
     from striate.errors import StriateError
     from striate.manifest import Manifest
+    from training.byom.sources import read_labels
     from training.importer import import_onnx
     from training.importer.api import list_tensors
     from training.importer.source import graph_geometry, load
@@ -129,17 +154,19 @@ def run(args: argparse.Namespace) -> int:
             mark = "   <- suggested --target-tensor" if name == suggested else ""
             print(f"  {name}  {list(shape)}{mark}")
         return 0
-    if not args.name or not args.labels:
-        raise StriateError("--name and --labels are required (or use --list-tensors)")
+    if not args.labels:
+        raise StriateError("--labels is required (or use --list-tensors)")
+    labels = read_labels(args.labels)
+    name = args.name or default_name(args.model)
     preprocessing = preprocessing_from(args, graph_size, graph_channels)
     target = args.target_tensor
     if target == AUTO:
         _, target = list_tensors(model, preprocessing, args.logits_output)
     path = import_onnx(
         args.model,
-        read_labels(args.labels),
+        labels,
         preprocessing,
-        args.name,
+        name,
         version=args.version,
         out_root=args.out,
         target_tensor=target,
