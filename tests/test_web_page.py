@@ -28,7 +28,7 @@ FOUR = [[(0.58, 0.12), (0.2, 0.62), (0.82, 0.62)], [(0.6, 0.35), (0.6, 0.9)]]
 # The elements that stick out past the right edge of the window, for a failing width check.
 WIDER_THAN_THE_SCREEN = """() => [...document.querySelectorAll("body *")]
     .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 0.5)
-    .map((e) => `${e.tagName.toLowerCase()}#${e.id}.${e.className} ends at ${Math.round(e.getBoundingClientRect().right)}`)"""
+    .map((e) => `${e.tagName}#${e.id}.${e.className} ends at ${Math.round(e.getBoundingClientRect().right)}`)"""
 
 
 @pytest.fixture(scope="module")
@@ -305,3 +305,149 @@ def test_the_page_fits_a_phone_and_its_scaled_pad_still_reads_a_digit(browser, s
     assert page.evaluate(fits)
     assert watch.console_errors == []
     page.close()
+
+
+def test_a_class_agnostic_method_locks_the_class_and_says_why(browser, site):
+    page, watch = open_page(browser, site)
+    pick_sample(page, "digit-7-light-on-dark.png")
+    assert page.locator("#target").is_enabled()
+    assert "raised its score" in page.locator("#overlay-caption").inner_text()
+    redraw_with(page, "#method", "eigencam")
+    assert page.locator("#target").is_disabled()
+    assert "same for every class" in page.locator("#target-note").inner_text()
+    assert page.locator("#target-note").is_visible()
+    caption = page.locator("#overlay-caption").inner_text()
+    assert "same for every class" in caption and "raised its score" not in caption, caption
+    screenshot(page, "page-eigencam.png")
+    redraw_with(page, "#method", "gradcam")
+    assert page.locator("#target").is_enabled() and not page.locator("#target-note").is_visible()
+    assert watch.console_errors == []
+    page.close()
+
+
+def test_a_bundle_without_a_gradient_graph_says_which_methods_it_lacks_and_why(browser, site):
+    explain = httpx.get(f"{site}/v1/models/nograd").json()["explain"]
+    page, watch = open_page(browser, site)
+    page.select_option("#model", "nograd")
+    page.wait_for_function("document.getElementById('model-card').textContent.includes('nograd v1')")
+    settle(page)
+    limits = page.locator("#model-card .limits").inner_text()
+    near_picker = page.locator("#method-note").inner_text()
+    assert page.locator("#method-note").is_visible()
+    assert {m["kind"] for m in explain["unavailable"]} == {"gradient"}
+    for text in (limits, near_picker):
+        assert "explain.onnx" in text, text
+        for missing in explain["unavailable"]:  # each method, with the service's reason
+            assert missing["title"] in text and missing["why"] in text, text
+    page.select_option("#model", "digits")
+    page.wait_for_function("document.getElementById('model-card').textContent.includes('digits v1')")
+    settle(page)
+    assert not page.locator("#method-note").is_visible()
+    assert "explain.onnx" not in page.locator("#model-card").inner_text()
+    assert watch.console_errors == []
+    page.close()
+
+
+def test_a_sample_dragged_onto_the_drop_zone_is_read(browser, site):
+    page, watch = open_page(browser, site)
+    page.drag_and_drop('.sample[data-file="digit-7-light-on-dark.png"] img', "#dropzone")
+    page.wait_for_function("document.getElementById('top1')?.textContent === '7'")
+    settle(page)
+    assert page.locator("#banner").is_hidden()
+    assert page.locator("#preview").is_visible()
+    assert watch.console_errors == []
+    page.close()
+
+
+def test_an_image_unlike_what_the_model_expects_is_marked_and_its_answer_qualified(browser, site):
+    page, watch = open_page(browser, site)
+    photo = page.locator('.sample[data-file="photo-astronaut.jpg"]')
+    assert "grayscale 32×32" in photo.get_attribute("title")
+    assert "expects" in photo.inner_text()
+    pick_sample(page, "photo-astronaut.jpg")
+    note = page.locator("#prediction-note")
+    assert note.is_visible() and "always answers one of its 10 labels" in note.inner_text()
+    screenshot(page, "page-photo-on-digits.png")
+    pick_sample(page, "digit-3-dark-on-light.png")
+    assert not note.is_visible()
+    # A colour photo uploaded as a file is recognised too (no sample to go by).
+    page.set_input_files("#file", str(Path(__file__).resolve().parents[1] / "samples" / "photo-cat.jpg"))
+    page.wait_for_selector("#prediction-note:not([hidden])")
+    settle(page)
+    assert "colour photo" in note.inner_text()
+    # On the RGB model a photo is what it expects: no note, no mark.
+    page.select_option("#model", "photos")
+    page.wait_for_function("document.getElementById('tab-draw').disabled")
+    settle(page)
+    assert not note.is_visible()
+    assert "expects" not in page.locator('.sample[data-file="photo-cat.jpg"]').inner_text()
+    assert watch.console_errors == []
+    page.close()
+
+
+def test_clear_empties_the_pad_and_the_panels_that_showed_its_drawing(browser, site):
+    page, watch = open_page(browser, site)
+    page.click("#tab-draw")
+    draw_strokes(page, "#pad", SEVEN)
+    page.wait_for_function("document.getElementById('top1')?.textContent === '7'")
+    settle(page)
+    page.click("#clear")
+    assert page.locator("#top1").count() == 0
+    assert not page.locator("#overlay").is_visible() and not page.locator("#activations").is_visible()
+    assert page.locator("#overlay-caption").inner_text() == "" and page.locator("#act-caption").inner_text() == ""
+    assert watch.console_errors == []
+    page.close()
+
+
+def test_the_channel_menu_reaches_every_channel_of_the_layer(browser, site):
+    page, watch = open_page(browser, site)
+    pick_sample(page, "digit-3-dark-on-light.png")
+    page.select_option("#layer", "layer4")  # 128 channels
+    values = page.locator("#channels option").evaluate_all("options => options.map(o => o.value)")
+    assert values[-1] == "128", values
+    before = page.locator("#act-caption").inner_text()
+    page.select_option("#channels", "128")
+    page.wait_for_function(f"document.getElementById('act-caption').textContent !== {before!r}")
+    settle(page)
+    assert "channels 128/128" in page.locator("#act-caption").inner_text()
+    page.select_option("#layer", "layer1")  # 16 channels: nothing above 16 is offered
+    values = page.locator("#channels option").evaluate_all("options => options.map(o => o.value)")
+    assert values == ["16"], values
+    assert watch.console_errors == []
+    page.close()
+
+
+def test_the_page_is_idle_only_once_every_panel_shows_the_new_answer(browser, site):
+    page, watch = open_page(browser, site)
+    pick_sample(page, "digit-7-light-on-dark.png")
+    # Record what the panels show at the very moment the busy flag goes away.
+    page.evaluate(
+        """() => {
+            window.idleSeen = [];
+            new MutationObserver(() => {
+                if (!document.body.dataset.busy) window.idleSeen.push(
+                    document.getElementById("overlay-caption").textContent);
+            }).observe(document.body, { attributes: true, attributeFilter: ["data-busy"] });
+        }"""
+    )
+    page.select_option("#target", label="1")
+    settle(page)
+    seen = page.evaluate("window.idleSeen")
+    assert seen and all("“1”" in caption for caption in seen), seen
+    assert watch.console_errors == []
+    page.close()
+
+
+def test_a_missing_or_refused_api_key_is_said_on_the_banner_and_the_card(browser, web_models):
+    with run_server(make_settings(web_models, api_key="s3cret-key")) as url:
+        page, watch = open_page(browser, url)
+        assert "needs an API key" in page.locator("#banner").inner_text()
+        assert "needs an API key" in page.locator("#model-card").inner_text()
+        page.fill("#api-key", "wrong-key")
+        page.press("#api-key", "Enter")
+        page.wait_for_function("document.getElementById('banner').textContent.includes('refused')")
+        settle(page)
+        assert "refused" in page.locator("#model-card").inner_text()
+        assert "Loading" not in page.locator("#model-card").inner_text()
+        assert watch.outside_requests == []
+        page.close()

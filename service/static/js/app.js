@@ -2,7 +2,23 @@
 
 import { ApiError, getBlob, getJson, getKey, modelPath, postImage, setKey } from "./api.js";
 import { DrawingPad } from "./pad.js";
-import { bundleLimits, canDraw, defaultMethod, el, explainMethods, inputKind, mapLayers, renderBars, renderCard } from "./view.js";
+import {
+  bundleLimits,
+  canDraw,
+  channelChoices,
+  classAgnostic,
+  defaultMethod,
+  el,
+  expectedInput,
+  explainMethods,
+  inputKind,
+  mapLayers,
+  missingMethods,
+  renderBars,
+  renderCard,
+  sameMapCaption,
+  wantedSampleKind,
+} from "./view.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { models: [], detail: null, image: null, prediction: null, urls: {}, pending: 0, seq: {} };
@@ -21,16 +37,31 @@ function banner(message) {
 }
 
 function explainError(err) {
-  if (err instanceof ApiError && err.status === 401) return "This service needs an API key: type it in the API key field (it is sent as a header, never in the address).";
+  if (err instanceof ApiError && err.status === 401) {
+    return getKey()
+      ? "The service refused this API key: check it and type it again (it is sent as a header, never in the address)."
+      : "This service needs an API key: type it in the API key field (it is sent as a header, never in the address).";
+  }
   return err.message || String(err);
 }
 
-/** Run one request; failures go to the banner (or to `note` for a panel's own limits). */
-async function guarded(work, note) {
+/** Mark the page busy (body[data-busy]) while `work` runs. Whoever waits for the page to settle
+ * reads the panels next, so the flag covers drawing the answer, not just its request. */
+async function busy(work) {
   state.pending += 1;
   document.body.dataset.busy = "true";
   try {
     return await work();
+  } finally {
+    state.pending -= 1;
+    if (state.pending === 0) delete document.body.dataset.busy;
+  }
+}
+
+/** Run one request; failures go to the banner (or to `note` for a panel's own limits). */
+async function guarded(work, note) {
+  try {
+    return await busy(work);
   } catch (err) {
     if (note && err instanceof ApiError && err.status === 422) {
       note.textContent = err.message;
@@ -39,9 +70,6 @@ async function guarded(work, note) {
       banner(explainError(err));
     }
     return null;
-  } finally {
-    state.pending -= 1;
-    if (state.pending === 0) delete document.body.dataset.busy;
   }
 }
 
@@ -59,8 +87,14 @@ function path(suffix) {
 // ---- models ----------------------------------------------------------------------------------
 
 async function loadModels() {
-  const list = await guarded(() => getJson("/v1/models"));
-  if (!list) return;
+  let list;
+  try {
+    list = await busy(() => getJson("/v1/models"));
+  } catch (err) {  // the card says it too, instead of "Loading…" forever
+    banner(explainError(err));
+    $("model-card").replaceChildren(el("p", { class: "muted", text: explainError(err) }));
+    return;
+  }
   state.models = list.models;
   const select = $("model");
   select.replaceChildren(...list.models.map((m) => el("option", { value: m.name, text: `${m.name} (${m.architecture}, ${m.labels} classes)` })));
@@ -124,13 +158,29 @@ function fillExplainControls(detail) {
   method.disabled = !methods.length;
   const target = $("target");
   target.replaceChildren(el("option", { value: "", text: "the predicted class" }), ...detail.labels.map((label, i) => el("option", { value: String(i), text: label })));
-  target.disabled = !methods.length;
   $("alpha").disabled = !methods.length;
   const note = $("explain-note");
   note.hidden = methods.length > 0;
   note.textContent = methods.length ? "" : "This bundle offers no explanation methods (it was exported without an explain graph).";
+  const missing = missingMethods(detail);
+  $("method-note").textContent = missing.length ? `Not offered by this bundle: ${missing.join(" ")}` : "";
+  $("method-note").hidden = !missing.length;
+  fitTargetToMethod();
   $("overlay").hidden = true;
   $("overlay-caption").textContent = "";
+}
+
+function currentMethod() {
+  return explainMethods(state.detail).find((m) => m.name === $("method").value);
+}
+
+/** A method whose map is the same for every class gets no class to choose, and says why. */
+function fitTargetToMethod() {
+  const method = currentMethod();
+  const agnostic = Boolean(method) && classAgnostic(method);
+  $("target").disabled = !method || agnostic;
+  $("target-note").textContent = agnostic ? `${method.title || method.name} does not use the class: its map is the same for every class.` : "";
+  $("target-note").hidden = !agnostic;
 }
 
 function fillLayers(detail) {
@@ -139,6 +189,7 @@ function fillLayers(detail) {
   select.replaceChildren(...layers.map((l) => el("option", { value: l.name, text: `${l.name} (${l.map_shape.join("×")})` })));
   if (layers.length) select.value = layers[Math.min(1, layers.length - 1)].name;
   select.disabled = $("channels").disabled = !layers.length;
+  fillChannels();
   const note = $("act-note");
   note.hidden = layers.length > 0;
   note.textContent = layers.length ? "" : "This bundle exports no feature maps, only pooled vectors.";
@@ -146,17 +197,85 @@ function fillLayers(detail) {
   $("act-caption").textContent = "";
 }
 
+/** Channel counts up to the chosen layer's own (16, 32, 64, ..., all of them). */
+function fillChannels() {
+  const layer = mapLayers(state.detail).find((l) => l.name === $("layer").value);
+  if (!layer) return;
+  const choices = channelChoices(layer.map_shape[0]);
+  const select = $("channels");
+  const previous = Number(select.value) || 32;
+  select.replaceChildren(...choices.map((n) => el("option", { value: String(n), text: n === layer.map_shape[0] ? `all ${n}` : String(n) })));
+  select.value = String(choices.includes(previous) ? previous : Math.min(previous, choices.at(-1)));
+}
+
 // ---- the image -------------------------------------------------------------------------------
 
-async function setImage(blob, source, drawing = 0) {
-  state.image = blob;
-  document.body.dataset.source = source;
-  if (source !== "pad") {
-    showBlob($("preview"), "preview", blob);
-    $("drop-hint").hidden = true;
+function setImage(blob, source, drawing = 0) {
+  return busy(async () => {
+    state.image = blob;
+    state.source = source;
+    document.body.dataset.source = source;
+    if (source !== "pad") {
+      showBlob($("preview"), "preview", blob);
+      $("drop-hint").hidden = true;
+    }
+    const shown = await analyze();
+    if (shown && drawing) $("pad").dataset.read = String(drawing); // every panel shows this drawing
+  });
+}
+
+/** Forget the image and empty the panels; answers still on their way are dropped. */
+function clearAnswers() {
+  state.image = null;
+  for (const panel of ["classify", "explain", "activations"]) ticket(panel);
+  $("prediction").replaceChildren(el("p", { class: "muted", text: "Choose, drop, paste or draw an image." }));
+  showMismatch(null);
+  $("overlay").hidden = $("activations").hidden = true;
+  $("overlay-caption").textContent = $("act-caption").textContent = "";
+}
+
+/** Why the image is not what the model was made for, or null: a sample of the other kind, or a
+ * colour photo sent to a grayscale model. */
+async function mismatch(detail, blob, source) {
+  const wanted = wantedSampleKind(detail);
+  if (source.startsWith("sample:")) {
+    const kind = $("samples").querySelector(`[data-file="${CSS.escape(source.slice(7))}"]`)?.dataset.kind;
+    return kind && kind !== wanted ? `this is a ${kind}` : null;
   }
-  const shown = await analyze();
-  if (shown && drawing) $("pad").dataset.read = String(drawing); // every panel shows this drawing
+  if (source !== "pad" && detail.input.channels === 1 && (await isColourful(blob))) return "this is a colour photo";
+  return null;
+}
+
+/** Colour beyond a tint: the channels are balanced to one mean (gray world), then the mean spread
+ * between a pixel's channels is taken. A scan or a photo of paper stays near 0, a photo well above. */
+async function isColourful(blob) {
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(blob);
+  } catch {
+    return false; // not an image the browser decodes: the service will say so
+  }
+  const ctx = new OffscreenCanvas(64, 64).getContext("2d");
+  ctx.drawImage(bitmap, 0, 0, 64, 64);
+  const data = ctx.getImageData(0, 0, 64, 64).data;
+  const n = data.length / 4;
+  const mean = [0, 1, 2].map((c) => data.filter((_, i) => i % 4 === c).reduce((a, b) => a + b, 0) / n);
+  const gray = (mean[0] + mean[1] + mean[2]) / 3;
+  const gain = mean.map((m) => gray / Math.max(m, 1));
+  let spread = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    const rgb = [0, 1, 2].map((c) => data[i + c] * gain[c]);
+    spread += Math.max(...rgb) - Math.min(...rgb);
+  }
+  return spread / n > 20;
+}
+
+function showMismatch(why) {
+  const note = $("prediction-note");
+  note.hidden = !why;
+  note.textContent = why
+    ? `This model expects ${expectedInput(state.detail)}; ${why}. A classifier always answers one of its ${state.detail.labels.length} labels, so a high score on an image unlike its training data says nothing.`
+    : "";
 }
 
 async function analyze() {
@@ -166,12 +285,16 @@ async function analyze() {
   if (!current()) return false;
   if (!answer) {  // the banner says why; stale panels would show another image's answer
     $("prediction").replaceChildren(el("p", { class: "muted", text: "No answer for this image." }));
+    showMismatch(null);
     $("overlay").hidden = $("activations").hidden = true;
     return false;
   }
   banner("");
   state.prediction = answer.results[0];
   renderBars($("prediction"), state.prediction);
+  const why = await mismatch(state.detail, state.image, state.source);
+  if (!current()) return false;
+  showMismatch(why);
   await Promise.all([explain(), activations()]);
   return current();
 }
@@ -181,7 +304,8 @@ async function explain() {
   if (!state.image || !methods.length) return;
   const note = $("explain-note");
   note.hidden = true;
-  const target = $("target").value;
+  const agnostic = classAgnostic(currentMethod());
+  const target = agnostic ? "" : $("target").value;
   const params = { method: $("method").value, format: "overlay", alpha: $("alpha").value };
   // The explain contract names classes with `targets`; bundles served before it take `target`.
   if (target !== "") params[Array.isArray(state.detail.explain.methods) ? "targets" : "target"] = target;
@@ -197,8 +321,11 @@ async function explain() {
   showBlob(img, "overlay", await response.blob());
   img.dataset.request = key;
   const label = decodeURIComponent(response.headers.get("X-Striate-Target-Label") || "");
-  const title = methods.find((m) => m.name === params.method)?.title || params.method;
-  $("overlay-caption").textContent = `${title} for class “${label}”: warm colours mark the pixels that raised its score.`;
+  const method = methods.find((m) => m.name === params.method);
+  const title = method?.title || params.method;
+  $("overlay-caption").textContent = agnostic
+    ? sameMapCaption(method, state.detail.explain.target_layer)
+    : `${title} for class “${label}”: warm colours mark the pixels that raised its score.`;
 }
 
 async function activations() {
@@ -241,9 +368,10 @@ async function loadSamples() {
   for (const sample of index.samples) {
     const button = el(
       "button",
-      { type: "button", class: "sample", title: sample.title, "data-kind": sample.kind, "data-file": sample.file },
+      { type: "button", class: "sample", title: sample.title, "data-kind": sample.kind, "data-file": sample.file, "data-title": sample.title },
       el("img", { src: `/static/samples/${sample.file}`, alt: sample.title, loading: "lazy" }),
       el("span", { text: sample.title }),
+      el("small", { class: "expects", hidden: true }),
     );
     button.addEventListener("click", async () => {
       selectTab("upload");
@@ -257,22 +385,48 @@ async function loadSamples() {
 
 /** Samples that suit the model first; the others stay clickable, marked as not what it expects. */
 function orderSamples(detail) {
-  const wanted = detail.input.channels === 1 ? "digit" : "photo";
+  const wanted = wantedSampleKind(detail);
   const buttons = [...$("samples").children];
   buttons.sort((a, b) => (a.dataset.kind === wanted ? 0 : 1) - (b.dataset.kind === wanted ? 0 : 1));
   for (const button of buttons) {
-    button.classList.toggle("unsuited", button.dataset.kind !== wanted);
+    const unsuited = button.dataset.kind !== wanted;
+    button.classList.toggle("unsuited", unsuited);
+    button.title = unsuited ? `${button.dataset.title}: not what this model expects (${expectedInput(detail)})` : button.dataset.title;
+    const mark = button.querySelector(".expects");
+    mark.textContent = unsuited ? `model expects ${wanted}s` : "";
+    mark.hidden = !unsuited;
     $("samples").append(button);
   }
 }
 
+/** A dragged image of this page (a sample thumbnail) arrives as its address, not as a file. */
+function draggedImageUrl(data) {
+  const uri = data.getData("text/uri-list").split(/\r?\n/).find((line) => line && !line.startsWith("#"));
+  const html = data.getData("text/html");
+  const src = uri || (html && new DOMParser().parseFromString(html, "text/html").querySelector("img")?.getAttribute("src"));
+  if (!src) return null;
+  const url = new URL(src.trim(), location.href);
+  return url.origin === location.origin ? url : null;
+}
+
+async function dropped(data) {
+  const file = firstImage(data.files);
+  if (file) return setImage(file, "drop");
+  const url = draggedImageUrl(data);
+  if (!url) return banner("That was not an image file, nor an image of this page.");
+  const blob = await (await fetch(url)).blob();
+  if (!blob.type.startsWith("image/")) return banner("That was not an image.");
+  const sample = url.pathname.match(/^\/static\/samples\/([^/]+)$/);
+  return setImage(blob, sample ? `sample:${decodeURIComponent(sample[1])}` : "drop");
+}
+
 function wire() {
-  $("model").addEventListener("change", pickModel);
-  $("version").addEventListener("change", pickVersion);
+  $("model").addEventListener("change", () => busy(pickModel));
+  $("version").addEventListener("change", () => busy(pickVersion));
   $("api-key").value = getKey();
-  $("api-key").addEventListener("change", async () => {
+  $("api-key").addEventListener("change", () => {
     setKey($("api-key").value.trim());
-    await loadModels();
+    return busy(loadModels);
   });
   $("tab-upload").addEventListener("click", () => selectTab("upload"));
   $("tab-draw").addEventListener("click", () => selectTab("draw"));
@@ -287,9 +441,7 @@ function wire() {
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
     drop.classList.remove("over");
-    const file = firstImage(e.dataTransfer.files);
-    if (file) setImage(file, "drop");
-    else banner("That was not an image file.");
+    dropped(e.dataTransfer);
   });
   document.addEventListener("paste", (e) => {
     const file = firstImage(e.clipboardData?.items);
@@ -299,18 +451,27 @@ function wire() {
     }
   });
   const pad = new DrawingPad($("pad"), { onDrawn: (blob, n) => setImage(blob, "pad", n), penInput: $("pen"), invertInput: $("invert") });
-  $("clear").addEventListener("click", () => pad.clear());
-  $("method").addEventListener("change", explain);
-  $("target").addEventListener("change", explain);
+  $("clear").addEventListener("click", () => {
+    pad.clear();
+    if (state.source === "pad") clearAnswers();
+  });
+  $("method").addEventListener("change", () => {
+    fitTargetToMethod();
+    return busy(explain);
+  });
+  $("target").addEventListener("change", () => busy(explain));
   let timer = null;
   $("alpha").addEventListener("input", () => {
     clearTimeout(timer);
-    timer = setTimeout(explain, 150);
+    timer = setTimeout(() => busy(explain), 150);
   });
-  $("layer").addEventListener("change", activations);
-  $("channels").addEventListener("change", activations);
+  $("layer").addEventListener("change", () => {
+    fillChannels();
+    return busy(activations);
+  });
+  $("channels").addEventListener("change", () => busy(activations));
 }
 
 wire();
-await Promise.all([loadModels(), loadSamples()]);
+await busy(() => Promise.all([loadModels(), loadSamples()]));
 document.body.dataset.ready = "true";

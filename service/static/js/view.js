@@ -23,6 +23,28 @@ export function explainMethods(detail) {
   return [{ name: ex.method || "gradcam", title: "Grad-CAM", kind: "gradient", parity: detail.provenance?.parity?.max_abs_diff_cam ?? null }];
 }
 
+/** Methods whose map does not depend on the class (`per_class: false`): Eigen-CAM is the target
+ * layer's first principal component, whatever the model decided. */
+export function classAgnostic(method) {
+  return method?.per_class === false;
+}
+
+const WHAT_THE_MAP_SHOWS = { eigencam: "the strongest common pattern of the layer's activations (their first principal component)" };
+
+export function sameMapCaption(method, layer) {
+  const what = WHAT_THE_MAP_SHOWS[method.name] || "where the layer's activations are strongest";
+  return `${method.title || method.name}: the map is the same for every class. Warm colours mark ${what} in ${layer}: what the layer responds to, not the evidence for one class.`;
+}
+
+/** Sentences naming the explanation methods the bundle cannot run, one per reason the service gives. */
+export function missingMethods(detail) {
+  const byReason = new Map();
+  for (const m of detail.explain?.unavailable || []) {
+    byReason.set(m.why, [...(byReason.get(m.why) || []), m.title || m.name]);
+  }
+  return [...byReason].map(([why, titles]) => `${titles.join(", ")}: ${why}.`);
+}
+
 export function defaultMethod(detail) {
   return detail.explain?.default_method || explainMethods(detail)[0]?.name || null;
 }
@@ -39,6 +61,20 @@ export function canDraw(detail) {
 export function inputKind(detail) {
   const { channels, height, width } = detail.input;
   return channels === 1 ? `grayscale ${width}×${height}` : `RGB ${width}×${height}`;
+}
+
+/** Which of the page's samples suit the model: grayscale models read digits, RGB ones photos. */
+export function wantedSampleKind(detail) {
+  return detail.input.channels === 1 ? "digit" : "photo";
+}
+
+export function expectedInput(detail) {
+  return `${inputKind(detail)} ${wantedSampleKind(detail)}s`;
+}
+
+/** How many feature maps the channel menu offers for a layer of `count` channels: up to all. */
+export function channelChoices(count) {
+  return [...[16, 32, 64].filter((n) => n < count), count];
 }
 
 /** Top-k as labelled bars, best first. */
@@ -155,6 +191,7 @@ function trainingSection(detail) {
 export function bundleLimits(detail) {
   const limits = [];
   if (!explainMethods(detail).length) limits.push("No explanations: the bundle was exported without an explain graph.");
+  for (const missing of missingMethods(detail)) limits.push(`Not offered: ${missing}`);
   if (!mapLayers(detail).length) limits.push("No feature maps: the bundle exports pooled vectors only.");
   if (!canDraw(detail)) limits.push(`No drawing pad: it expects ${inputKind(detail)} photos, not a doodle.`);
   return limits;
