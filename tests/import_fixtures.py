@@ -95,6 +95,18 @@ class NotAnImageModel(nn.Module):
         return self.fc(x)
 
 
+class FixedBatchFlat(nn.Module):
+    """A one-image export that cannot be batched: its Linear reads the whole batch as one vector."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, stride=8, padding=1), nn.ReLU())
+        self.fc = nn.Linear(4 * (SIZE // 8) ** 2, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).flatten()).unsqueeze(0)
+
+
 @dataclass(frozen=True)
 class Source:
     make: Callable[[], nn.Module]
@@ -165,13 +177,17 @@ def export(model: nn.Module, path: Path, example: torch.Tensor, dynamic: bool = 
 
 @functools.cache
 def onnx_file(name: str) -> Path:
-    """The source model `name` (a SOURCES key, "cumsum", "fixed-batch-softmax" or "not-an-image") as an ONNX file."""
+    """The source model `name` (a SOURCES key, "cumsum", "fixed-batch-softmax", "fixed-batch-flat" or
+    "not-an-image") as an ONNX file."""
     if name == "cumsum":
         torch.manual_seed(0)
         return export(CumsumHead(), _DIR / "cumsum.onnx", torch.zeros(2, 3, SIZE, SIZE))
     if name == "fixed-batch-softmax":
         torch.manual_seed(0)
         return export(FixedBatchSoftmax(), _DIR / "fixed.onnx", torch.zeros(1, 3, SIZE, SIZE), dynamic=False)
+    if name == "fixed-batch-flat":
+        torch.manual_seed(0)
+        return export(FixedBatchFlat(), _DIR / "flat.onnx", torch.zeros(1, 3, SIZE, SIZE), dynamic=False)
     if name == "not-an-image":
         return export(NotAnImageModel(), _DIR / "mlp.onnx", torch.zeros(2, 16))
     shape = (2, SIZE, SIZE, 3) if SOURCES[name].nhwc else (2, 3, SIZE, SIZE)

@@ -266,18 +266,20 @@ BAD = {  # case: (arguments before the common ones, labels given, the error's te
         "not in the graph; close",
     ),
     "op": (lambda tmp: [onnx_file("cumsum"), "--target-tensor", "auto", "--require-gradients"], 10, "no backward rule"),
+    "unbatchable": (lambda tmp: [onnx_file("fixed-batch-flat")], 10, "does not run a batch of 2 images"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capfd, case):
+    """One line on stderr, whatever wrote it (capfd: onnxruntime's own log goes to the file descriptor)."""
     make_args, count, expected = BAD[case]
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(LABELS[:count]) + "\n")
     repo = tmp_path / "repo"
     repo.mkdir()
     args = [*make_args(tmp_path), "--name", "m", "--labels", labels, "--preset", "imagenet", "--out", repo]
-    code, out, err = _cli(args, capsys)
+    code, out, err = _cli(args, capfd)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and expected in err, err
     assert list(repo.rglob("*")) == []
