@@ -120,10 +120,10 @@ def _tv(name: str) -> Callable[[], nn.Module]:
     return lambda: getattr(torchvision.models, name)(num_classes=NUM_CLASSES)
 
 
-def _timm(name: str) -> Callable[[], nn.Module]:
+def _timm(name: str, **kwargs) -> Callable[[], nn.Module]:
     import timm
 
-    return lambda: timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES)
+    return lambda: timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES, **kwargs)
 
 
 SOURCES: dict[str, Source] = {
@@ -133,6 +133,7 @@ SOURCES: dict[str, Source] = {
     "timm-convnext_atto": Source(_timm("convnext_atto"), lambda m: m.stages),
     "timm-resnet18-nhwc": Source(_timm("resnet18"), lambda m: m.net.layer4, nhwc=True),
     "tensorflow-style-nhwc": Source(TensorFlowStyle, lambda m: m.net.conv, nhwc=True),
+    "timm-test_resnet-catavgmax": Source(_timm("test_resnet", global_pool="catavgmax"), lambda m: m.layer4),
 }
 
 

@@ -41,6 +41,7 @@ from training.importer import CheckResult, import_onnx
 from training.importer.api import list_tensors
 from training.importer.reverse import build_head
 from training.importer.tensors import probe
+from training.importer.tensors import session as probe_session
 
 TOLERANCE = 1e-4
 PNG = {"content-type": "image/png"}
@@ -126,6 +127,86 @@ def test_reverse_pass_of_many_head_ops_matches_autograd(tmp_path):
         ours = fn.float()(torch.from_numpy(x)).numpy()
     (ort_out,) = session(path).run(None, {"input": x})
     np.testing.assert_allclose(ours, ort_out, atol=1e-5)
+
+
+def test_reverse_pass_of_gather_slice_expand_concat_matches_autograd():
+    """Shape ops as foreign graphs write them: Gather with repeated and negative indices (on two axes,
+    one a scalar index), Slice with a negative step and a whole-batch entry, Expand, Concat of two
+    branches. Autograd of the rules' forward gives their backward; onnxruntime gives the forward."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name, values):
+        return numpy_helper.from_array(np.array(values, np.int64), name)
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Gather", ["image", "picks"], ["g1"], axis=1),
+        helper.make_node("Slice", ["g1", "starts", "ends", "axes", "steps"], ["s1"]),
+        helper.make_node("ReduceMean", ["s1"], ["m1"], axes=[2], keepdims=1),
+        helper.make_node("Expand", ["m1", "shape"], ["e1"]),
+        helper.make_node("Mul", ["s1", "e1"], ["p1"]),
+        helper.make_node("Relu", ["s1"], ["r1"]),
+        helper.make_node("Concat", ["p1", "r1"], ["c1"], axis=1),
+        helper.make_node("Gather", ["c1", "row"], ["g2"], axis=-2),
+        helper.make_node("Flatten", ["g2"], ["f1"]),
+        helper.make_node("Gemm", ["f1", "w"], ["output"]),
+    ]
+    weights = [
+        const("picks", [3, -1, 0, 3, 3]),  # 3 three times, -1 is 3 too
+        const("starts", [0, 5, 1]),
+        const("ends", [2**63 - 1, -100, 6]),
+        const("axes", [0, 3, -2]),
+        const("steps", [1, -2, 2]),
+        const("shape", [1, 5, 3, 3]),
+        const("row", -2),
+        numpy_helper.from_array(rng.standard_normal((30, 5)).astype(np.float32), "w"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shape-ops",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 4, 6, 6])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 5])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    values = probe(model) | {"image": np.zeros((2, 4, 6, 6), np.float32)}
+    fn = build_head(model, values, "image", "output").double()
+    assert [n.op_type for n in fn.nodes].count("Gather") == 2
+    a = torch.randn(3, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    seed = torch.randn(3, 5, dtype=torch.float64)
+    (expected,) = torch.autograd.grad((fn(a) * seed).sum(), a)
+    np.testing.assert_allclose(fn.grad(a.detach(), seed).numpy(), expected.numpy(), rtol=1e-9, atol=1e-12)
+    assert expected[:, 3].abs().sum() > 0 and expected[:, 1:3].abs().sum() == 0  # channels 1, 2 unread
+    x = rng.standard_normal((3, 4, 6, 6)).astype(np.float32)
+    with torch.no_grad():
+        ours = fn.float()(torch.from_numpy(x)).numpy()
+    (ort_out,) = probe_session(model).run(None, {"image": x})
+    np.testing.assert_allclose(ours, ort_out, atol=1e-5)
+
+
+def test_indices_computed_from_the_image_values_are_refused():
+    """A Gather whose indices come from the image's values (not its shape) cannot use the probe's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["m"], axes=[2, 3], keepdims=0),
+        helper.make_node("ArgMax", ["m"], ["top"], axis=1, keepdims=0),
+        helper.make_node("Gather", ["m", "top"], ["picked"], axis=1),
+        helper.make_node("Gemm", ["picked", "w"], ["output"]),
+    ]
+    w = numpy_helper.from_array(np.ones((2, 3), np.float32), "w")
+    graph = helper.make_graph(
+        nodes,
+        "argmax-gather",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 4, 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    values = probe(model) | {"image": np.zeros((2, 3, 4, 4), np.float32)}
+    with pytest.raises(StriateError, match=r"Gather node .*'top' is computed from the image's values"):
+        build_head(model, values, "image", "output")
 
 
 def _as_prepared(model: onnx.ModelProto) -> onnx.ModelProto:

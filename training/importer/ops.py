@@ -165,6 +165,128 @@ def _arithmetic(node: HeadNode) -> Step:
     return Step(forward, vjp)
 
 
+def _gather_axis(node: HeadNode, rank: int) -> int:
+    axis = int(node.attr("axis", 0)) % rank
+    if axis == 0:
+        raise node.refuse("it gathers across the batch axis")
+    return axis
+
+
+def _take(x: Tensor, axis: int, index: Tensor) -> Tensor:
+    """x's entries at `index` (1-D) along `axis`."""
+    return torch.index_select(x, axis, index)
+
+
+def _take_vjp(g: Tensor, axis: int, picks: Tensor) -> Tensor:
+    """The gradient of `_take` as a product with the one-hot `picks` [len(index), size]: an entry
+    picked several times gets the sum of its copies' gradients (a scatter-add, written as MatMul)."""
+    return (g.transpose(axis, -1) @ picks.to(g.dtype)).transpose(axis, -1)
+
+
+def _one_hot(index: np.ndarray, size: int) -> Tensor:
+    return torch.from_numpy((index[:, None] == np.arange(size)[None, :]).astype(np.float32))
+
+
+@rule("Gather")
+def _gather(node: HeadNode) -> Step:
+    """Entries at constant indices along an axis other than the batch's (negative ones count from the end)."""
+    only_first(node)
+    src, out = node.in_shapes[0], node.out_shape
+    axis = _gather_axis(node, len(src))
+    indices = node.const(1)
+    if indices is None or indices.dtype.kind not in "iu":
+        raise node.refuse("only constant integer indices are supported")
+    size = src[axis]
+    flat = indices.astype(np.int64).reshape(-1)
+    flat = np.where(flat < 0, flat + size, flat)
+    if ((flat < 0) | (flat >= size)).any():
+        raise node.refuse(f"an index is outside the axis of size {size}")
+    index, picks = torch.from_numpy(flat), _one_hot(flat, size)
+    taken = [-1, *src[1:axis], len(flat), *src[axis + 1 :]]
+    return Step(
+        lambda xs: _take(xs[0], axis, index).reshape(-1, *rest(out)),
+        lambda xs, y, g: [_take_vjp(g.reshape(taken), axis, picks), None],
+    )
+
+
+def _slice_params(node: HeadNode, rank: int) -> list[tuple[int, int, int, int]]:
+    """(axis, start, end, step) per sliced axis, from the inputs (opset >= 10) or the attributes."""
+    if node.attr("_opset", 13) < 10:
+        starts, ends, axes, steps = (node.attr(k) for k in ("starts", "ends", "axes", "steps"))
+    else:
+        if any(node.const(i) is None for i in range(1, len(node.inputs)) if node.inputs[i]):
+            raise node.refuse("only constant starts, ends, axes and steps are supported")
+        starts, ends, axes, steps = (None if node.const(i) is None else node.const(i).tolist() for i in range(1, 5))
+    axes = list(range(len(starts))) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    return [(int(a) % rank, int(b), int(e), int(s)) for a, b, e, s in zip(axes, starts, ends, steps, strict=True)]
+
+
+@rule("Slice")
+def _slice(node: HeadNode) -> Step:
+    """Constant starts/ends/axes/steps (steps may be negative); the batch axis only whole."""
+    only_first(node)
+    src, out = node.in_shapes[0], node.out_shape
+    cuts = []  # (axis, index, one-hot) per sliced axis
+    for axis, start, end, step in _slice_params(node, len(src)):
+        if step == 0:
+            raise node.refuse("a step is 0")
+        if axis == 0:
+            if (start, step) != (0, 1) or end < 2**31 - 1:
+                raise node.refuse("it slices the batch axis")
+            continue
+        kept = np.arange(*slice(start, end, step).indices(src[axis]), dtype=np.int64)
+        cuts.append((axis, torch.from_numpy(kept), _one_hot(kept, src[axis])))
+
+    def forward(xs: list[Tensor]) -> Tensor:
+        x = xs[0]
+        for axis, index, _ in cuts:
+            x = _take(x, axis, index)
+        return x
+
+    def vjp(xs: list[Tensor], y: Tensor, g: Tensor) -> list[Tensor | None]:
+        for axis, _, picks in reversed(cuts):
+            g = _take_vjp(g, axis, picks)
+        return [g] + [None] * (len(xs) - 1)
+
+    expected = list(src)
+    for axis, index, _ in cuts:
+        expected[axis] = len(index)
+    if expected[1:] != list(out[1:]):
+        raise node.refuse(f"its output shape {list(out)} is not the slice's {expected}")
+    return Step(forward, vjp)
+
+
+@rule("Concat")
+def _concat(node: HeadNode) -> Step:
+    """Joins tensors computed from the target along an axis other than the batch's (a constant
+    joined to them would have to match the batch, which varies)."""
+    out = node.out_shape
+    axis = int(node.attr("axis")) % len(out)
+    if axis == 0:
+        raise node.refuse("it joins along the batch axis")
+    if not all(node.diff):
+        raise node.refuse("an input does not depend on the target tensor")
+    sizes = [s[axis] for s in node.in_shapes]
+    return Step(
+        lambda xs: torch.cat(xs, axis),
+        lambda xs, y, g: list(torch.split(g, sizes, dim=axis)),
+    )
+
+
+@rule("Expand")
+def _expand(node: HeadNode) -> Step:
+    """Broadcast to a shape (same rank, not over the batch); the gradient sums over the broadcast axes."""
+    only_first(node)
+    src, out = node.in_shapes[0], node.out_shape
+    if src is None or len(src) != len(out) or src[0] != out[0]:
+        raise node.refuse(f"it broadcasts {list(src or ())} to {list(out)}, over the batch axis or to a new rank")
+    return Step(
+        lambda xs: xs[0].expand(-1, *rest(out)),
+        lambda xs, y, g: [unbroadcast(g, src, out), None],
+    )
+
+
 def supported_ops() -> list[str]:
     return sorted(RULES)
 

@@ -25,12 +25,14 @@ from training.export.wrappers import CAM_OUTPUTS
 
 from .ops import RULES, HeadNode, NotDifferentiable, Step, node_attrs
 
+SHAPE_OPS = ("Shape", "Size")  # their outputs depend on a tensor's shape only, not its values
 
-def _reach(model: onnx.ModelProto, start: str) -> set[str]:
-    """Tensors computed from `start` (itself included)."""
+
+def _reach(model: onnx.ModelProto, start: str, stop: tuple[str, ...] = ()) -> set[str]:
+    """Tensors computed from `start` (itself included), not following nodes of the types `stop`."""
     found = {start}
     for node in model.graph.node:
-        if any(t in found for t in node.input):
+        if node.op_type not in stop and any(t in found for t in node.input):
             found.update(t for t in node.output if t)
     return found
 
@@ -47,6 +49,7 @@ def head_nodes(model: onnx.ModelProto, values: dict[str, np.ndarray], target: st
     if scores == target:
         raise StriateError(f"target tensor {target!r} is the logits themselves")
     from_image = _reach(model, model.graph.input[0].name)
+    from_pixels = _reach(model, model.graph.input[0].name, stop=SHAPE_OPS)
     consts = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     needed, chosen = {scores}, []
     for node in reversed(model.graph.node):
@@ -67,6 +70,11 @@ def head_nodes(model: onnx.ModelProto, values: dict[str, np.ndarray], target: st
                 raise NotDifferentiable(
                     f"cannot differentiate {node.op_type} node {name!r}: its input {t!r} comes from the image by "
                     "another path than the target tensor (choose a target tensor after it)"
+                )
+            if t and not is_diff and t in from_pixels and known[t] is not None:
+                raise NotDifferentiable(
+                    f"cannot differentiate {node.op_type} node {name!r}: its input {t!r} is computed from the "
+                    "image's values, so the probe's value of it would not hold for other images"
                 )
         attrs = node_attrs(node) | {"_opset": opset}
         item = HeadNode(
