@@ -7,11 +7,14 @@ Each source is exported once per session into a temporary folder (`onnx_file`).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
+import io
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +115,9 @@ class Source:
     make: Callable[[], nn.Module]
     layer: Callable[[nn.Module], nn.Module]  # the module whose output the import explains
     nhwc: bool = False
+    dynamo: bool = False  # exported by torch.onnx's default (dynamo) exporter, else the TorchScript one
+    fixed_batch: bool = False  # exported for one image, without a dynamic batch axis
+    same_as: str | None = None  # the torch model of that source, exported another way (built once)
 
 
 def _tv(name: str) -> Callable[[], nn.Module]:
@@ -137,6 +143,19 @@ SOURCES: dict[str, Source] = {
 }
 
 
+def _dynamo_exports(*names: str) -> dict[str, Source]:
+    """The same torch models exported by torch.onnx.export's default (dynamo) exporter, with a
+    dynamic batch and for one image."""
+    exports = {}
+    for name in names:
+        exports[f"{name}-dynamo"] = replace(SOURCES[name], dynamo=True, same_as=name)
+        exports[f"{name}-dynamo-batch1"] = replace(SOURCES[name], dynamo=True, fixed_batch=True, same_as=name)
+    return exports
+
+
+SOURCES.update(_dynamo_exports("torchvision-resnet18", "timm-convnext_atto"))
+
+
 def _calibrate_batch_norms(model: nn.Module, nhwc: bool) -> None:
     """Set every BatchNorm's statistics from one pass over real images, as training would: at
     initialisation (mean 0, variance 1) some networks (mobilenet_v3) shrink their activations to
@@ -154,14 +173,17 @@ def _calibrate_batch_norms(model: nn.Module, nhwc: bool) -> None:
 
 @functools.cache
 def source_model(name: str) -> nn.Module:
-    torch.manual_seed(0)
     spec = SOURCES[name]
+    if spec.same_as is not None:
+        return source_model(spec.same_as)
+    torch.manual_seed(0)
     model = NHWC(spec.make()) if spec.nhwc else spec.make()
     _calibrate_batch_norms(model, spec.nhwc)
     return model.eval()
 
 
 def export(model: nn.Module, path: Path, example: torch.Tensor, dynamic: bool = True) -> Path:
+    """The TorchScript exporter (dynamo=False) at opset 17."""
     with torch.no_grad():
         torch.onnx.export(
             model.eval(),
@@ -172,6 +194,17 @@ def export(model: nn.Module, path: Path, example: torch.Tensor, dynamic: bool = 
             input_names=["input"],
             output_names=["output"],
             dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}} if dynamic else None,
+        )
+    return path
+
+
+def export_dynamo(model: nn.Module, path: Path, example: torch.Tensor, dynamic: bool = True) -> Path:
+    """torch.onnx.export as called without options (the dynamo exporter, its default opset)."""
+    shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(), (example,), str(path), input_names=["input"], output_names=["output"], dynamic_shapes=shapes
         )
     return path
 
@@ -191,8 +224,11 @@ def onnx_file(name: str) -> Path:
         return export(FixedBatchFlat(), _DIR / "flat.onnx", torch.zeros(1, 3, SIZE, SIZE), dynamic=False)
     if name == "not-an-image":
         return export(NotAnImageModel(), _DIR / "mlp.onnx", torch.zeros(2, 16))
-    shape = (2, SIZE, SIZE, 3) if SOURCES[name].nhwc else (2, 3, SIZE, SIZE)
-    return export(source_model(name), _DIR / f"{name}.onnx", torch.zeros(shape))
+    spec = SOURCES[name]
+    batch = 1 if spec.fixed_batch else 2
+    shape = (batch, SIZE, SIZE, 3) if spec.nhwc else (batch, 3, SIZE, SIZE)
+    exporter = export_dynamo if spec.dynamo else export
+    return exporter(source_model(name), _DIR / f"{name}.onnx", torch.zeros(shape), dynamic=not spec.fixed_batch)
 
 
 def source_input(name: str, images: np.ndarray) -> torch.Tensor:
@@ -201,7 +237,16 @@ def source_input(name: str, images: np.ndarray) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).contiguous() if SOURCES[name].nhwc else x
 
 
+_CAMS: dict[tuple, np.ndarray] = {}
+
+
 def package_cams(name: str, images: np.ndarray, method: str, targets: np.ndarray) -> np.ndarray:
-    """[N, T, h, w]: pytorch-grad-cam's class for `method` on the source torch model, at map resolution."""
-    model = source_model(name)
-    return reference.package_cams(model, source_input(name, images), method, targets, SOURCES[name].layer(model))
+    """[N, T, h, w]: pytorch-grad-cam's class for `method` on the source torch model, at map resolution
+    (computed once for all the exports of one model)."""
+    spec = SOURCES[name]
+    key = (spec.same_as or name, images.shape, images.tobytes(), method, targets.shape, targets.tobytes())
+    if key not in _CAMS:
+        model = source_model(name)
+        layer = spec.layer(model)
+        _CAMS[key] = reference.package_cams(model, source_input(name, images), method, targets, layer)
+    return _CAMS[key].copy()

@@ -1,6 +1,7 @@
 """`striate import`: foreign ONNX classifiers become bundles that classify and explain like exported ones.
 
-Sources are torchvision and timm models exported by torch.onnx in the test (seeded random weights)
+Sources are torchvision and timm models exported by torch.onnx in the test (seeded random weights),
+by its TorchScript exporter and by its default dynamo one (with a dynamic batch and for one image),
 and an NHWC graph. The imported graphs are held to the source torch model: logits, and every
 gradient method's maps against pytorch-grad-cam on the source model's layer.
 """
@@ -76,6 +77,8 @@ def test_imported_bundle_matches_the_source_model_and_pytorch_grad_cam(imported,
     assert manifest.explain.gradient_methods == GRADIENT_METHODS
     assert all(p.max_abs_diff <= TOLERANCE for p in manifest.explain.parity)  # the import's own check
     assert manifest.input.layout == "NCHW" and manifest.provenance.checkpoint == f"test:{name}"
+    notes = next(o.description for o in manifest.outputs if o.name == "logits")
+    assert ("fixed batch of 1 made dynamic" in notes) == SOURCES[name].fixed_batch
     images = real.real_batch(PREPROCESSING, 4)
     with torch.no_grad():
         expected = source_model(name)(source_input(name, images)).numpy()

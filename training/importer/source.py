@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from striate.errors import StriateError
 from striate.manifest import Preprocessing
@@ -161,24 +161,106 @@ def _set_dims(value: onnx.ValueInfoProto, dims: list[int | str]) -> None:
             dim.dim_param = d
 
 
-def _copy_batch_in_reshapes(model: onnx.ModelProto) -> None:
-    """Reshape shapes fixed to a batch of 1 ([1, 512]) copy the batch instead ([0, 512])."""
-    from onnx import numpy_helper
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Values of the initializers and Constant nodes (those holding a tensor)."""
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    return values
 
+
+def _copy_batch_in_reshapes(model: onnx.ModelProto) -> None:
+    """Reshape shapes fixed to a batch of 1 ([1, 512]) copy the batch instead ([0, 512]).
+
+    A 0 copies only where allowzero is 0, so the rewritten Reshape gets allowzero 0; that changes
+    nothing else when the shape had no 0 (torch.onnx's dynamo exporter writes allowzero=1 on every
+    Reshape). A shape with a literal 0 under allowzero=1 is an empty tensor and is left alone.
+    """
     graph = model.graph
-    consts = {i.name: i for i in graph.initializer}
-    consts.update({n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant" and n.attribute})
+    consts = _constants(graph)
     for k, node in enumerate(graph.node):
         if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in consts:
             continue
-        shape = numpy_helper.to_array(consts[node.input[1]])
+        shape = consts[node.input[1]]
         if shape.ndim != 1 or len(shape) < 2 or shape[0] != 1:
             continue
-        if any(a.name == "allowzero" and a.i for a in node.attribute):
-            continue
-        name = f"striate_batch_shape_{k}"
+        allowzero = next((a for a in node.attribute if a.name == "allowzero"), None)
+        if allowzero is not None and allowzero.i:
+            if (shape == 0).any():
+                continue
+            allowzero.i = 0
+        name, old = f"striate_batch_shape_{k}", node.input[1]
         graph.initializer.append(numpy_helper.from_array(np.concatenate([[0], shape[1:]]).astype(np.int64), name))
         node.input[1] = name
+        _drop_unused(graph, old)
+
+
+def _drop_unused(graph: onnx.GraphProto, name: str) -> None:
+    """Remove the initializer or Constant node `name` if nothing reads it any more."""
+    if any(name in n.input for n in graph.node) or any(o.name == name for o in graph.output):
+        return
+    kept = [i for i in graph.initializer if i.name != name]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = [n for n in graph.node if not (n.op_type == "Constant" and list(n.output) == [name])]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _in_place_gathers(model: onnx.ModelProto, batch: int) -> int:
+    """Replace Gather(Reshape(x, [-1]), indices) that reads x in place by x; the number replaced.
+
+    torch.onnx's dynamo exporter writes `as_strided` (timm's convnext head) that way: the tensor
+    flattened across the batch, then gathered back with indices computed for the batch size (or
+    fixed for the example's). When the indices are arange(x.size) in x's shape, the pair is the
+    identity, and the graph is one a batch can run through and the reverse pass can follow.
+    """
+    from .tensors import probe_image, run
+
+    graph = model.graph
+    consts = _constants(graph)
+    producers = {t: n for n in graph.node for t in n.output}
+    found = []
+    for node in graph.node:
+        flat = producers.get(node.input[0]) if node.op_type == "Gather" else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if flat is None or flat.op_type != "Reshape" or axis != 0 or len(flat.input) < 2:
+            continue
+        shape = consts.get(flat.input[1])
+        if shape is not None and shape.tolist() == [-1]:
+            found.append((node, flat.input[0]))
+    if not found:
+        return 0
+    names = [t for node, x in found for t in (x, node.input[1])]
+    values = run(model, names, probe_image(model, batch))
+    replaced = 0
+    for node, x in found:
+        data, indices = values[x], values[node.input[1]].astype(np.int64)
+        indices = np.where(indices < 0, indices + data.size, indices)
+        if indices.shape == data.shape and np.array_equal(indices.ravel(), np.arange(data.size)):
+            node.op_type, node.input[:] = "Identity", [x]
+            del node.attribute[:]
+            replaced += 1
+    if replaced:
+        _prune(graph)
+    return replaced
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drop the nodes and initializers no graph output depends on any more."""
+    used = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(t in used for t in node.output):
+            kept.append(node)
+            used.update(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    inputs = {i.name for i in graph.input}
+    weights = [i for i in graph.initializer if i.name in used or i.name in inputs]
+    del graph.initializer[:]
+    graph.initializer.extend(weights)
 
 
 def prepare(model: onnx.ModelProto, preprocessing: Preprocessing, logits_output: str | None = None) -> Prepared:
@@ -230,4 +312,6 @@ def prepare(model: onnx.ModelProto, preprocessing: Preprocessing, logits_output:
     del graph.value_info[:]  # shapes recorded for a fixed batch would contradict the dynamic one
     for out in graph.output:
         out.type.tensor_type.ClearField("shape")
+    if replaced := _in_place_gathers(model, batch if isinstance(batch, int) else 2):
+        notes.append(f"{replaced} Gather node(s) reading a flattened tensor in place (as_strided) made Identity")
     return Prepared(model, scores, source.name, layout, tuple(notes), isinstance(batch, int))
