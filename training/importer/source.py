@@ -8,6 +8,8 @@ rewrites the graph so that it takes `image` float32 [batch, C, H, W]:
 - a fixed batch of 1 becomes a dynamic axis: constant Reshape shapes that start with that 1 start
   with 0 instead ("copy the batch"), and the import checks that a batch gives each image's own
   outputs (`tensors.check_batch`), or says the graph cannot be batched;
+- a Gather that reads a tensor flattened across the batch back in place (torch.onnx's dynamo
+  exporter writes `as_strided` so) becomes an Identity, found by evaluating its indices;
 - a Softmax (or LogSoftmax) producing the logits output is skipped: the bundle's `logits` are the
   scores before it, as for every other bundle (the service applies softmax itself), and
   explanations differentiate those scores, as pytorch-grad-cam does on a classifier's logits.
