@@ -312,6 +312,20 @@ def test_not_a_classifier_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "maps").exists()
 
 
+class Noisy(UserNet):
+    """Answers differently on every call: no exported graph can match it."""
+
+    def forward(self, x):
+        logits = super().forward(x)
+        return logits + 0.1 * torch.randn_like(logits)
+
+
+def test_a_failed_parity_check_leaves_nothing_in_the_repository(tmp_path):
+    with pytest.raises(StriateError, match="parity check failed"):
+        export_classifier(seeded(Noisy, 8), list("abcd"), SMALL, "noisy", out_root=tmp_path)
+    assert not list(tmp_path.iterdir())  # not even an empty model folder
+
+
 def test_probabilities_are_refused_with_the_way_out(tmp_path):
     module = nn.Sequential(UserNet(), nn.Softmax(dim=1))
     with pytest.raises(

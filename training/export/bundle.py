@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from striate.errors import StriateError
@@ -43,9 +43,11 @@ def check_free(out_root: str | os.PathLike, name: str, version: int) -> Path:
 def staging(out_root: str | os.PathLike, name: str, version: int) -> Iterator[Path]:
     """Yield a temporary folder next to the version's; on success rename it into place.
 
-    On any error the temporary folder is removed and nothing appears under the version's name.
+    On any error the temporary folder is removed and nothing appears under the version's name, nor
+    the model's folder if this call made it.
     """
     dest = check_free(out_root, name, version)
+    new_model = not dest.parent.exists()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f"{TMP_PREFIX}{version}-"))
     tmp.chmod(0o755)  # mkdtemp makes it owner-only; a service running as another user must read it
@@ -56,6 +58,9 @@ def staging(out_root: str | os.PathLike, name: str, version: int) -> Iterator[Pa
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if new_model and not dest.exists():
+            with suppress(OSError):  # not empty: another writer's version landed meanwhile
+                dest.parent.rmdir()
 
 
 def write_version(out_root: str | os.PathLike, name: str, version: int, write: Callable[[Path], None]) -> Path:
