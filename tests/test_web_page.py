@@ -434,6 +434,10 @@ def test_the_page_is_idle_only_once_every_panel_shows_the_new_answer(browser, si
     settle(page)
     seen = page.evaluate("window.idleSeen")
     assert seen and all("“1”" in caption for caption in seen), seen
+    # A clicked sample is fetched first: the page is busy from the click on, not from its request.
+    page.click('.sample[data-file="digit-3-dark-on-light.png"]')
+    settle(page)
+    assert page.locator("#top1").inner_text() == "3"
     assert watch.console_errors == []
     page.close()
 

@@ -373,11 +373,14 @@ async function loadSamples() {
       el("span", { text: sample.title }),
       el("small", { class: "expects", hidden: true }),
     );
-    button.addEventListener("click", async () => {
-      selectTab("upload");
-      const blob = await (await fetch(`/static/samples/${sample.file}`)).blob();
-      await setImage(blob, `sample:${sample.file}`);
-    });
+    // Busy from the click on: fetching the sample is part of answering it.
+    button.addEventListener("click", () =>
+      busy(async () => {
+        selectTab("upload");
+        const blob = await (await fetch(`/static/samples/${sample.file}`)).blob();
+        await setImage(blob, `sample:${sample.file}`);
+      }),
+    );
     box.append(button);
   }
   if (state.detail) orderSamples(state.detail);
@@ -441,7 +444,7 @@ function wire() {
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
     drop.classList.remove("over");
-    dropped(e.dataTransfer);
+    busy(() => dropped(e.dataTransfer));
   });
   document.addEventListener("paste", (e) => {
     const file = firstImage(e.clipboardData?.items);
