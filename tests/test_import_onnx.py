@@ -381,6 +381,19 @@ def test_manifest_records_origin_and_self_check(imported):
     assert manifest["explain"]["target_layer"] == "stages.3.blocks.1"
 
 
+@pytest.mark.parametrize(
+    ("name", "layer"),
+    [
+        ("torchvision-resnet18", "layer4.1.relu_1"),  # TorchScript: from the tensor's scoped name
+        ("torchvision-resnet18-dynamo", "layer4.1.relu"),  # dynamo: from the node's module path
+        ("timm-convnext_atto-dynamo", "stages.3.blocks.1"),
+    ],
+)
+def test_layer_names_are_the_torch_module_paths(imported, name, layer):
+    manifest = Manifest.load(imported(name))
+    assert manifest.explain.target_layer == layer and manifest.layers[-1].name == layer
+
+
 def test_striate_analyze_reads_an_imported_bundle(tmp_path, capsys):
     """`striate analyze` takes an imported bundle like an exported one: gallery (a gradient and a
     gradient-free method, scored) and separability of the imported target layer."""

@@ -26,7 +26,7 @@ from training.export.onnx_export import EXPLAIN_FILE, MODEL_FILE
 from training.export.wrappers import map_name
 
 from .explain_graph import build_explain
-from .features import Layer, build_features, find_embedding, layer_name, set_output_shapes
+from .features import Layer, build_features, find_embedding, layer_name, module_path, set_output_shapes
 from .ops import NotDifferentiable
 from .reverse import HeadFunction, HeadGrad, build_head
 from .selfcheck import CheckResult, self_check
@@ -144,7 +144,7 @@ def import_onnx(
     taken: set[str] = set()
     layers = []
     for tensor in [*dict.fromkeys(t for t in feature_tensors if t != target), target]:
-        layers.append(Layer(layer_name(tensor, taken), tensor))
+        layers.append(Layer(layer_name(module_path(prepared.model, tensor) or tensor, taken), tensor))
         taken.add(layers[-1].name)
     embedding = find_embedding(prepared.model, prepared.scores, values)
     body = build_features(prepared.model, prepared.scores, embedding, layers)

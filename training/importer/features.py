@@ -2,12 +2,15 @@
 
 Outputs, in the exporter's order: `logits` (the scores), `embedding` (the vector feeding the final
 Gemm/MatMul, else the target map's global average), then `<layer>_pooled` [N, C] and `<layer>_map`
-[N, C, h, w] for each feature tensor and the target tensor last. Layer names come from tensor
-names (`/layer4/layer4.1/relu_1/Relu_output_0` -> `layer4.1.relu_1`).
+[N, C, h, w] for each feature tensor and the target tensor last. Layer names come from the
+module that made the tensor: the TorchScript exporter's tensor names say it
+(`/layer4/layer4.1/relu_1/Relu_output_0` -> `layer4.1.relu_1`), the dynamo exporter's node
+metadata does (`relu_16` made in `layer4.1.relu` -> `layer4.1.relu`); else the tensor's name.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass
 
@@ -30,6 +33,24 @@ from training.export.wrappers import (
 
 RESERVED = {IMAGE, TARGETS, LOGITS, EMBEDDING, EXPLAINED, *CAM_OUTPUTS.values()}
 BIAS_OPS = ("Add", "Identity")
+
+
+NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # dynamo's node metadata: module paths, root to op
+
+
+def module_path(model: onnx.ModelProto, tensor: str) -> str | None:
+    """The torch module path of the node that made `tensor`, when the exporter recorded it
+    (torch.onnx's dynamo exporter: `['', 'layer4', 'layer4.1', 'layer4.1.relu', 'relu_16']`)."""
+    node = next((n for n in model.graph.node if tensor in n.output), None)
+    if node is None:
+        return None
+    scopes = next((p.value for p in node.metadata_props if p.key == NAME_SCOPES), None)
+    try:
+        paths = ast.literal_eval(scopes) if scopes else []
+    except (ValueError, SyntaxError):
+        return None
+    modules = [p for p in paths[:-1] if isinstance(p, str) and p]  # the last entry is the op's own name
+    return modules[-1] if modules else None
 
 
 def layer_name(tensor: str, taken: set[str]) -> str:
