@@ -410,6 +410,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
             ["torchvision:resnet18", "--pretrained", "ResNet50_Weights.IMAGENET1K_V1"],
             "are not weights of torchvision's",
         ),
+        (["torchvision:resnet18", "--random-init", "--kwargs", "{num_classes: 3}"], "--kwargs is not valid JSON"),
+        (["torchvision:resnet18", "--random-init", "--kwargs", "[3]"], "--kwargs must be a JSON object"),
     ]
     for extra, message in cases:
         assert cli(["export", *extra, "--name", "x", "--out", str(tmp_path)]) == 2

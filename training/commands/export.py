@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     spec.add_argument("--random-init", action="store_true", help="export the builder's random weights (tests, demos)")
     spec.add_argument(
-        "--kwargs", type=json.loads, default=None, help="builder/factory keywords as JSON, e.g. '{\"num_classes\": 10}'"
+        "--kwargs", default=None, help="builder/factory keywords as a JSON object, e.g. '{\"num_classes\": 10}'"
     )
     spec.add_argument("--labels", help="class names: a text file (one per line) or a JSON list")
     spec.add_argument("--size", type=int, nargs="+", metavar="N", help="input (crop) size: H [W]")
@@ -113,18 +113,29 @@ def _export_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_object(text: str, flag: str) -> dict:
+    from striate.errors import StriateError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StriateError(f"{flag} is not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise StriateError(f"{flag} must be a JSON object, e.g. '{{\"num_classes\": 10}}', got {text!r}")
+    return value
+
+
 def _export_spec(args: argparse.Namespace) -> int:
     from striate.errors import StriateError
     from training.byom.from_spec import Overrides, export_spec, prepare
 
     if args.quantize:
         raise StriateError("--quantize applies to Striate checkpoints; export a model spec in float32")
-    if args.kwargs is not None and not isinstance(args.kwargs, dict):
-        raise StriateError("--kwargs must be a JSON object")
+    kwargs = _json_object(args.kwargs, "--kwargs") if args.kwargs is not None else None
     overrides = Overrides(args.size, args.resize, args.mean, args.std, args.interpolation, args.color_mode)
     prepared = prepare(
         args.source,
-        kwargs=args.kwargs,
+        kwargs=kwargs,
         weights=args.weights,
         pretrained=args.pretrained,
         random_init=args.random_init,
