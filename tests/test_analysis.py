@@ -524,3 +524,11 @@ def test_cli_bad_input_is_one_clear_line(
     assert main(["analyze", *argv, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_separability_of_too_few_images_is_one_line_not_a_tsne_traceback(tmp_path):
+    from training.analysis.separability import run_separability
+
+    features = {"layer": np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)}
+    with pytest.raises(StriateError, match="separability needs at least 3 images to map, the sample has 2"):
+        run_separability(features, np.array([0, 1]), ["a", "b"], tmp_path)

@@ -25,6 +25,8 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from striate.errors import StriateError
+
 from .plots import class_colors, grid_shape, new_figure, save_figure
 
 
@@ -87,6 +89,9 @@ def merge_identical(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                 continue
         out[name] = feats
     return out
+
+
+MIN_IMAGES = 3  # t-SNE's perplexity (at least 2 here) must stay below the number of points
 
 
 def tsne_2d(features: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
@@ -169,6 +174,10 @@ def run_separability(
     title: str = "",
 ) -> list[LayerSeparability]:
     """Scores, t-SNE figure (separability.png) and tables for every layer in `features`."""
+    if len(y) < MIN_IMAGES:
+        raise StriateError(
+            f"separability needs at least {MIN_IMAGES} images to map, the sample has {len(y)}: give more data"
+        )
     scores = separability_scores(features, y, k=k, folds=folds, seed=seed)
     points = {name: tsne_2d(f, perplexity=perplexity, seed=seed) for name, f in features.items()}
     plot_separability(points, np.asarray(y), labels, scores, Path(out_dir) / "separability.png", title=title)
