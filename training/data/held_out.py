@@ -18,6 +18,7 @@ from striate.manifest import Manifest
 from striate.preprocess import preprocess
 
 from .handwriting import held_out_set
+from .marker_pages import marker_pages
 
 
 @dataclass
@@ -27,6 +28,10 @@ class HeldOutAccuracy:
     sklearn_test: float
     pages: int  # per polarity
     sklearn_digits: int
+    # The same test digits drawn by a renderer written apart from training's (marker_pages.py).
+    marker_dark_on_light: float
+    marker_light_on_dark: float
+    marker_pages: int  # per polarity
 
     def as_dict(self) -> dict[str, float | int]:
         return dict(self.__dict__)
@@ -49,7 +54,8 @@ def _predict(bundle_dir: Path, manifest: Manifest, images: list[Image.Image], ba
 
 
 def measure_bundle(bundle_dir: str | Path, seed: int = 7919, copies: int = 4) -> HeldOutAccuracy:
-    """Per-polarity accuracy on `copies` held-out pages per test digit, and on the plain test digits."""
+    """Per-polarity accuracy on `copies` held-out pages per test digit (half of each polarity), on
+    the plain test digits, and on `copies` / 2 marker pages per digit and polarity."""
     bundle_dir = Path(bundle_dir)
     manifest = Manifest.load(bundle_dir)
     held = held_out_set(seed=seed, copies=copies)
@@ -57,10 +63,18 @@ def measure_bundle(bundle_dir: str | Path, seed: int = 7919, copies: int = 4) ->
     plain = _predict(bundle_dir, manifest, [Image.fromarray(a) for a in held.sklearn_test])
     labels = np.asarray([int(manifest.labels[i]) for i in range(len(manifest.labels))])
     correct = labels[pages] == held.targets
+    marker = {}
+    for light in (False, True):
+        drawn, which = marker_pages(held.sklearn_test, copies // 2 or 1, seed, light_on_dark=light)
+        read = _predict(bundle_dir, manifest, [Image.fromarray(a) for a in drawn])
+        marker[light] = (labels[read] == held.sklearn_test_targets[which]).mean(), len(drawn)
     return HeldOutAccuracy(
         dark_on_light=float(correct[~held.light_on_dark].mean()),
         light_on_dark=float(correct[held.light_on_dark].mean()),
         sklearn_test=float((labels[plain] == held.sklearn_test_targets).mean()),
         pages=int((~held.light_on_dark).sum()),
         sklearn_digits=len(held.sklearn_test_targets),
+        marker_dark_on_light=float(marker[False][0]),
+        marker_light_on_dark=float(marker[True][0]),
+        marker_pages=int(marker[False][1]),
     )
