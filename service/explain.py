@@ -86,6 +86,7 @@ def explain_info(model: LoadedModel, settings: Settings) -> dict:
                 "title": info.title,
                 "kind": info.kind,
                 "per_class": info.per_class,
+                "summary": info.summary,
                 "parity": parity.max_abs_diff if parity else None,
             }
         )

@@ -100,6 +100,7 @@ class MethodInfo(BaseModel):
     per_class: bool = Field(
         True, description="false: one map whatever class is asked (Eigen-CAM: the first principal component)"
     )
+    summary: str = Field("", description="how the method makes its map, in one sentence")
     parity: float | None = Field(None, description="max abs difference to pytorch-grad-cam at export")
 
 

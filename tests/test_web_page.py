@@ -17,6 +17,8 @@ import pytest
 from service_fixtures import DEFAULT_BUNDLE, build_bundle, make_settings, run_server, without_gradient_graph
 from web_browser import draw_strokes, image_pixels, open_page, screenshot, settle
 
+from striate.explain.methods import METHODS
+
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_BUNDLE / "manifest.json").exists(), reason="the default digits bundle is not exported"
 )
@@ -138,10 +140,15 @@ def test_switching_the_method_changes_the_overlay(browser, site):
     assert len(methods) >= 2, f"the bundle offers one explanation method only: {methods}"
     pick_sample(page, "digit-4-photo.jpg")
     first = image_pixels(page, "#overlay")
+    first_summary = page.locator("#method-summary").inner_text()
     values = page.locator("#method option").evaluate_all("options => options.map(o => o.value)")
     current = page.locator("#method").input_value()
-    redraw_with(page, "#method", next(v for v in values if v != current))
+    other = next(v for v in values if v != current)
+    redraw_with(page, "#method", other)
     assert np.abs(first - image_pixels(page, "#overlay")).mean() > 1.0, "a second method drew the same map"
+    # Each method says how it makes its map, in the registry's words.
+    assert first_summary == METHODS[current].summary
+    assert page.locator("#method-summary").inner_text() == METHODS[other].summary != first_summary
     screenshot(page, "page-method-switch.png")
     assert watch.console_errors == []
     page.close()

@@ -25,20 +25,89 @@ class MethodInfo:
     needs_map: bool  # needs the target layer's feature map
     package_class: str | None  # the pytorch-grad-cam class it is checked against, if any
     per_class: bool = True  # False: one map whatever class is asked (Eigen-CAM: the maps' first component)
+    summary: str = ""  # how it makes its map, in one sentence (the web page shows it)
 
 
 METHODS: dict[str, MethodInfo] = {
     m.name: m
     for m in (
-        MethodInfo("gradcam", "Grad-CAM", "gradient", True, "GradCAM"),
-        MethodInfo("gradcampp", "Grad-CAM++", "gradient", True, "GradCAMPlusPlus"),
-        MethodInfo("xgradcam", "XGrad-CAM", "gradient", True, "XGradCAM"),
-        MethodInfo("hirescam", "HiResCAM", "gradient", True, "HiResCAM"),
-        MethodInfo("layercam", "LayerCAM", "gradient", True, "LayerCAM"),
-        MethodInfo("eigencam", "Eigen-CAM", "forward", True, "EigenCAM", per_class=False),
-        MethodInfo("scorecam", "Score-CAM", "forward", True, "ScoreCAM"),
-        MethodInfo("occlusion", "Occlusion", "forward", False, None),
-        MethodInfo("rise", "RISE", "forward", False, None),
+        MethodInfo(
+            "gradcam",
+            "Grad-CAM",
+            "gradient",
+            True,
+            "GradCAM",
+            summary="Each feature map of the layer, weighted by the class score's average gradient over it.",
+        ),
+        MethodInfo(
+            "gradcampp",
+            "Grad-CAM++",
+            "gradient",
+            True,
+            "GradCAMPlusPlus",
+            summary="Grad-CAM with each map weighted by its positive gradients only (higher-order terms): "
+            "better when the class appears several times.",
+        ),
+        MethodInfo(
+            "xgradcam",
+            "XGrad-CAM",
+            "gradient",
+            True,
+            "XGradCAM",
+            summary="Grad-CAM with gradients weighted by the normalised activations, so the weights explain "
+            "the score's change in proportion.",
+        ),
+        MethodInfo(
+            "hirescam",
+            "HiResCAM",
+            "gradient",
+            True,
+            "HiResCAM",
+            summary="Gradient times activation at each location, summed over the maps: shows what the "
+            "model computed, not an average of it.",
+        ),
+        MethodInfo(
+            "layercam",
+            "LayerCAM",
+            "gradient",
+            True,
+            "LayerCAM",
+            summary="Each location weighted by its own positive gradient: finer maps, also at early layers.",
+        ),
+        MethodInfo(
+            "eigencam",
+            "Eigen-CAM",
+            "forward",
+            True,
+            "EigenCAM",
+            per_class=False,
+            summary="The first principal component of the layer's activations: no gradients and no class.",
+        ),
+        MethodInfo(
+            "scorecam",
+            "Score-CAM",
+            "forward",
+            True,
+            "ScoreCAM",
+            summary="The image masked by each upsampled feature map, each map weighted by the class score "
+            "its mask keeps: no gradients, one forward pass per map.",
+        ),
+        MethodInfo(
+            "occlusion",
+            "Occlusion",
+            "forward",
+            False,
+            None,
+            summary="A grey patch slid over the image: warm where covering it lowers the class score most.",
+        ),
+        MethodInfo(
+            "rise",
+            "RISE",
+            "forward",
+            False,
+            None,
+            summary="Random masks over the image: each pixel weighted by the class scores of the masks that keep it.",
+        ),
     )
 }
 ALIASES = {"gradcam++": "gradcampp", "grad-cam": "gradcam", "grad-cam++": "gradcampp", "score-cam": "scorecam"}

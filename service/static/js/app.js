@@ -174,9 +174,11 @@ function currentMethod() {
   return explainMethods(state.detail).find((m) => m.name === $("method").value);
 }
 
-/** A method whose map is the same for every class gets no class to choose, and says why. */
+/** Say how the chosen method makes its map; a method whose map is the same for every class gets
+ * no class to choose, and says why. */
 function fitTargetToMethod() {
   const method = currentMethod();
+  $("method-summary").textContent = method?.summary || "";
   const agnostic = Boolean(method) && classAgnostic(method);
   $("target").disabled = !method || agnostic;
   $("target-note").textContent = agnostic ? `${method.title || method.name} does not use the class: its map is the same for every class.` : "";
