@@ -76,8 +76,9 @@ def explain_info(model: LoadedModel, settings: Settings) -> dict:
     """The `explain` field of a model's metadata (the explain HTTP contract)."""
     ex = model.manifest.explain
     layer = map_layer(model)
+    available = available_methods(model)
     methods = []
-    for name in available_methods(model):
+    for name in available:
         parity = ex.method_parity(name) if ex is not None else None
         info = METHODS[name]
         methods.append(
@@ -93,7 +94,7 @@ def explain_info(model: LoadedModel, settings: Settings) -> dict:
     unavailable = [
         {"name": name, "title": info.title, "kind": info.kind, "why": unavailable_reason(model, name)}
         for name, info in METHODS.items()
-        if name not in available_methods(model)
+        if name not in available
     ]
     target_layer = ex.target_layer if ex is not None else (layer.name if layer else None)
     default = DEFAULT_METHOD if DEFAULT_METHOD in gradient_methods(model) else "occlusion"

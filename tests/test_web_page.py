@@ -68,6 +68,13 @@ def pick_sample(page, file: str) -> None:
     settle(page)
 
 
+def pick_model(page, select: str, value: str, card: str) -> None:
+    """Choose `value` in the model or version `select` and wait until the card shows `card`."""
+    page.select_option(select, value)
+    page.wait_for_function(f"document.getElementById('model-card').textContent.includes({card!r})")
+    settle(page)
+
+
 def redraw_with(page, select: str, value: str) -> None:
     """Choose `value` in `select` and wait for the overlay the page requests for it."""
     before = page.locator("#overlay").get_attribute("data-request")
@@ -167,9 +174,7 @@ def test_an_rgb_bundle_takes_photos_and_says_what_it_cannot_do(browser, site):
     assert page.locator("#top1").inner_text().startswith("class_")
     sent: list[str] = []
     page.on("request", lambda request: sent.append(request.url))
-    page.select_option("#version", "1")
-    page.wait_for_function("document.getElementById('model-card').textContent.includes('photos v1')")
-    settle(page)
+    pick_model(page, "#version", "1", "photos v1")
     assert any(url.endswith("/v1/models/photos/versions/1/classify?top_k=3") for url in sent), sent
     assert page.locator("#prediction .bar").count() == 3
     screenshot(page, "page-rgb-bundle.png")
@@ -179,9 +184,7 @@ def test_an_rgb_bundle_takes_photos_and_says_what_it_cannot_do(browser, site):
 
 def test_an_imported_onnx_classifier_is_read_and_explained_like_an_exported_one(browser, site):
     page, watch = open_page(browser, site)
-    page.select_option("#model", "imported")
-    page.wait_for_function("document.getElementById('model-card').textContent.includes('imported v1')")
-    settle(page)
+    pick_model(page, "#model", "imported", "imported v1")
     assert "against the source ONNX graph" in page.locator("#model-card").inner_text()
     methods = page.locator("#method option").evaluate_all("options => options.map(o => o.value)")
     assert {"gradcam", "gradcampp", "scorecam"} <= set(methods), methods
@@ -256,8 +259,7 @@ def test_an_image_can_be_chosen_dropped_or_pasted(browser, site, how):
 def test_a_bundle_without_an_explain_graph_offers_only_what_it_can(browser, site):
     detail = httpx.get(f"{site}/v1/models/nograd").json()
     page, watch = open_page(browser, site)
-    page.select_option("#model", "nograd")
-    page.wait_for_function("document.getElementById('model-card').textContent.includes('nograd v1')")
+    pick_model(page, "#model", "nograd", "nograd v1")
     offered = page.locator("#method option").all_inner_texts()
     if detail["explain"] is None:  # before the explain contract: nothing to offer, and the page says so
         assert offered == [] and page.locator("#method").is_disabled()
@@ -335,9 +337,7 @@ def test_a_class_agnostic_method_locks_the_class_and_says_why(browser, site):
 def test_a_bundle_without_a_gradient_graph_says_which_methods_it_lacks_and_why(browser, site):
     explain = httpx.get(f"{site}/v1/models/nograd").json()["explain"]
     page, watch = open_page(browser, site)
-    page.select_option("#model", "nograd")
-    page.wait_for_function("document.getElementById('model-card').textContent.includes('nograd v1')")
-    settle(page)
+    pick_model(page, "#model", "nograd", "nograd v1")
     limits = page.locator("#model-card .limits").inner_text()
     near_picker = page.locator("#method-note").inner_text()
     assert page.locator("#method-note").is_visible()
@@ -346,9 +346,7 @@ def test_a_bundle_without_a_gradient_graph_says_which_methods_it_lacks_and_why(b
         assert "explain.onnx" in text, text
         for missing in explain["unavailable"]:  # each method, with the service's reason
             assert missing["title"] in text and missing["why"] in text, text
-    page.select_option("#model", "digits")
-    page.wait_for_function("document.getElementById('model-card').textContent.includes('digits v1')")
-    settle(page)
+    pick_model(page, "#model", "digits", "digits v1")
     assert not page.locator("#method-note").is_visible()
     assert "explain.onnx" not in page.locator("#model-card").inner_text()
     assert watch.console_errors == []
