@@ -67,7 +67,8 @@ def test_preprocessing_from_json_or_from_another_bundles_manifest(onnx_path, tmp
         "std": [0.2, 0.2, 0.2],
     }
     args = ["--labels", labels, "--out", tmp_path]
-    assert run(capsys, onnx_path, *args, "--name", "inline", "--preprocessing", json.dumps(given))[0] == 0
+    long_inline = json.dumps(given, indent=40)  # longer than a file name may be
+    assert run(capsys, onnx_path, *args, "--name", "inline", "--preprocessing", long_inline)[0] == 0
     inline = Manifest.load(tmp_path / "inline" / "1").preprocessing
     assert inline.model_dump(mode="json") == given
 
@@ -89,6 +90,7 @@ def test_preprocessing_from_json_or_from_another_bundles_manifest(onnx_path, tmp
         ("cat\n\ndog\nowl\n", ["--mean", "0.5", "--std", "0.25"], "line 2 is blank (one label per line"),
         ("cat\ndog\nowl\n", ["--preprocessing", '{"color_mode": "X"}'], "bad --preprocessing: color_mode"),
         ("cat\ndog\nowl\n", ["--preprocessing", "{not json"], "neither a JSON object nor a file holding one"),
+        ("cat\ndog\nowl\n", ["--preprocessing", "no/such/file.json"], "neither a JSON object nor a readable file"),
         ("cat\ndog\nowl\n", ["--preset", "imagenet", "--color-mode", "L"], "the graph takes 3-channel images, but"),
         ("cat\ndog\nowl\n", ["--mean", "0.5", "0.4", "--std", "0.2"], "--mean takes 1 or 3 values for 3-channel"),
         ("cat\ndog\nowl\n", [], "say how inputs are normalised: --preset imagenet, --preprocessing, or --mean"),

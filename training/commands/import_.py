@@ -68,21 +68,24 @@ def read_preprocessing(text: str) -> object:
     from striate.errors import StriateError
     from striate.manifest import Preprocessing
 
-    path = Path(text)
+    inline = text.lstrip().startswith("{")  # else a file name (a long JSON is no valid path)
+    where = "--preprocessing" if inline else text
     try:
-        data = json.loads(path.read_text(encoding="utf-8") if path.is_file() else text)
+        data = json.loads(text if inline else Path(text).read_text(encoding="utf-8"))
+    except OSError as exc:
+        why = f"neither a JSON object nor a readable file ({exc.strerror})"
+        raise StriateError(f"--preprocessing {text!r} is {why}") from None
     except json.JSONDecodeError as exc:
-        where = path if path.is_file() else "--preprocessing"
         raise StriateError(f"{where} is neither a JSON object nor a file holding one: {exc}") from None
     if isinstance(data, dict) and isinstance(data.get("preprocessing"), dict):
         data = data["preprocessing"]  # a bundle's manifest.json
     if not isinstance(data, dict):
         raise StriateError("--preprocessing must be a JSON object of preprocessing fields")
     try:
-        return Preprocessing(**data)
-    except (ValidationError, TypeError) as exc:
-        why = exc.errors()[0] if isinstance(exc, ValidationError) else {"msg": str(exc), "loc": ()}
-        raise StriateError(f"bad --preprocessing: {'.'.join(map(str, why['loc']))} {why['msg']}".strip()) from None
+        return Preprocessing.model_validate(data)
+    except ValidationError as exc:
+        why = exc.errors()[0]
+        raise StriateError(f"bad --preprocessing: {'.'.join(map(str, why['loc']))} {why['msg']}") from None
 
 
 def preprocessing_from(args: argparse.Namespace, graph_size: tuple, graph_channels) -> object:
