@@ -8,6 +8,7 @@ default bundle, so the number in the README and the number the test checks are c
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,8 @@ class HeldOutAccuracy:
         return dict(self.__dict__)
 
 
-def _predict(bundle_dir: Path, manifest: Manifest, images: list[Image.Image], batch: int = 256) -> np.ndarray:
+def _reader(bundle_dir: Path, manifest: Manifest, batch: int = 256) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
+    """A function from uint8 pages to the digits the bundle reads (one onnxruntime session for all)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -45,12 +47,18 @@ def _predict(bundle_dir: Path, manifest: Manifest, images: list[Image.Image], ba
     session = ort.InferenceSession(
         str(bundle_dir / manifest.graph), sess_options=options, providers=["CPUExecutionProvider"]
     )
-    predictions = []
-    for start in range(0, len(images), batch):
-        x = np.stack([preprocess(img, manifest.preprocessing) for img in images[start : start + batch]])
-        (logits,) = session.run([manifest.logits_output], {manifest.input.name: x})
-        predictions.append(logits.argmax(axis=1))
-    return np.concatenate(predictions)
+    digits = np.asarray([int(label) for label in manifest.labels])
+
+    def read(pages: Sequence[np.ndarray]) -> np.ndarray:
+        predictions = []
+        for start in range(0, len(pages), batch):
+            chunk = pages[start : start + batch]
+            x = np.stack([preprocess(Image.fromarray(a), manifest.preprocessing) for a in chunk])
+            (logits,) = session.run([manifest.logits_output], {manifest.input.name: x})
+            predictions.append(logits.argmax(axis=1))
+        return digits[np.concatenate(predictions)]
+
+    return read
 
 
 def measure_bundle(bundle_dir: str | Path, seed: int = 7919, copies: int = 4) -> HeldOutAccuracy:
@@ -58,20 +66,17 @@ def measure_bundle(bundle_dir: str | Path, seed: int = 7919, copies: int = 4) ->
     the plain test digits, and on `copies` / 2 marker pages per digit and polarity."""
     bundle_dir = Path(bundle_dir)
     manifest = Manifest.load(bundle_dir)
+    read = _reader(bundle_dir, manifest)
     held = held_out_set(seed=seed, copies=copies)
-    pages = _predict(bundle_dir, manifest, [Image.fromarray(a) for a in held.images])
-    plain = _predict(bundle_dir, manifest, [Image.fromarray(a) for a in held.sklearn_test])
-    labels = np.asarray([int(manifest.labels[i]) for i in range(len(manifest.labels))])
-    correct = labels[pages] == held.targets
+    correct = read(held.images) == held.targets
     marker = {}
     for light in (False, True):
         drawn, which = marker_pages(held.sklearn_test, copies // 2 or 1, seed, light_on_dark=light)
-        read = _predict(bundle_dir, manifest, [Image.fromarray(a) for a in drawn])
-        marker[light] = (labels[read] == held.sklearn_test_targets[which]).mean(), len(drawn)
+        marker[light] = (read(drawn) == held.sklearn_test_targets[which]).mean(), len(drawn)
     return HeldOutAccuracy(
         dark_on_light=float(correct[~held.light_on_dark].mean()),
         light_on_dark=float(correct[held.light_on_dark].mean()),
-        sklearn_test=float((labels[plain] == held.sklearn_test_targets).mean()),
+        sklearn_test=float((read(held.sklearn_test) == held.sklearn_test_targets).mean()),
         pages=int((~held.light_on_dark).sum()),
         sklearn_digits=len(held.sklearn_test_targets),
         marker_dark_on_light=float(marker[False][0]),
