@@ -29,11 +29,9 @@ export function classAgnostic(method) {
   return method?.per_class === false;
 }
 
-const WHAT_THE_MAP_SHOWS = { eigencam: "the strongest common pattern of the layer's activations (their first principal component)" };
-
+/** The caption of a class-agnostic map; how the method makes it is its `summary`, shown by the picker. */
 export function sameMapCaption(method, layer) {
-  const what = WHAT_THE_MAP_SHOWS[method.name] || "where the layer's activations are strongest";
-  return `${method.title || method.name}: the map is the same for every class. Warm colours mark ${what} in ${layer}: what the layer responds to, not the evidence for one class.`;
+  return `${method.title || method.name}: the map is the same for every class. Warm colours mark what ${layer} responds to most, not the evidence for one class.`;
 }
 
 /** Sentences naming the explanation methods the bundle cannot run, one per reason the service gives. */
